@@ -1,0 +1,23 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/construction.smk"
+include: "workflow/rules/answers.smk"
+include: "workflow/rules/judge.smk"
+include: "workflow/rules/stats.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,63 @@
+rule benchmark_questions:
+    output:
+        questions="results/questions/benchmark.jsonl",
+    log:
+        "logs/benchmark_questions.log",
+    conda:
+        "../envs/torch.yaml"
+    params:
+        benchmark=lookup(dpath="benchmark", within=config),
+    script:
+        "../scripts/benchmark_questions.py"
+
+
+rule heldout_questions:
+    input:
+        split="results/split/prompt_split.csv",
+    output:
+        questions="results/questions/heldout.jsonl",
+    log:
+        "logs/heldout_questions.log",
+    conda:
+        "../envs/stats.yaml"
+    script:
+        "../scripts/heldout_questions.py"
+
+
+rule generate_answers:
+    input:
+        questions="results/questions/{promptset}.jsonl",
+        model=model_for_condition,
+    output:
+        answers="results/answers/{promptset}/{condition}/shard-{shard}-of-{nshards}.jsonl",
+        lengths="results/answers/{promptset}/{condition}/shard-{shard}-of-{nshards}.lengths.csv",
+    log:
+        "logs/generate_answers/{promptset}/{condition}/shard-{shard}-of-{nshards}.log",
+    benchmark:
+        "benchmarks/generate_answers/{promptset}/{condition}/shard-{shard}-of-{nshards}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
+    params:
+        generation=lookup(dpath="generation", within=config),
+        device=lookup(dpath="compute/device", within=config),
+    script:
+        "../scripts/generate_answers.py"
+
+
+rule gather_answers:
+    input:
+        questions="results/questions/{promptset}.jsonl",
+        answers=answer_shards,
+        lengths=answer_length_shards,
+    output:
+        answers="results/answers/{promptset}/{condition}.jsonl",
+        lengths="results/answers/{promptset}/{condition}.lengths.csv",
+    log:
+        "logs/gather_answers/{promptset}/{condition}.log",
+    conda:
+        "../envs/stats.yaml"
+    script:
+        "../scripts/gather_answers.py"

@@ -1,0 +1,74 @@
+rule fetch_construction:
+    output:
+        csv="resources/construction/construction_prompts.csv",
+    log:
+        "logs/fetch_construction.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        url=lookup(dpath="construction/url", within=config),
+        sha256=lookup(dpath="construction/sha256", within=config),
+    script:
+        "../scripts/fetch_construction.py"
+
+
+rule split:
+    input:
+        csv=construction_csv(),
+    output:
+        split="results/split/prompt_split.csv",
+    log:
+        "logs/split.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        seed=lookup(dpath="seed", within=config),
+        construction_areas=lookup(dpath="construction/construction_areas", within=config),
+        prompts_per_label_per_area=lookup(
+            dpath="construction/prompts_per_label_per_area", within=config
+        ),
+        sha256=lookup(dpath="construction/sha256", within=config),
+    script:
+        "../scripts/split.py"
+
+
+rule activations:
+    input:
+        split="results/split/prompt_split.csv",
+        model=baseline_model(),
+    output:
+        activations="results/activations/construction.npz",
+    log:
+        "logs/activations.log",
+    benchmark:
+        "benchmarks/activations.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
+    params:
+        batch_size=lookup(dpath="activations/batch_size", within=config),
+        device=lookup(dpath="compute/device", within=config),
+    script:
+        "../scripts/activations.py"
+
+
+rule fit_directions:
+    input:
+        activations="results/activations/construction.npz",
+        split="results/split/prompt_split.csv",
+    output:
+        directions="results/directions/refusal_directions.npz",
+        fit_report="results/directions/direction_fit_report.csv",
+        generalization="results/directions/category_generalization_table.csv",
+    log:
+        "logs/fit_directions.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        seed=lookup(dpath="seed", within=config),
+        generalization=lookup(dpath="directions/generalization", within=config),
+        model=lookup(dpath="model", within=config),
+    script:
+        "../scripts/fit_directions.py"

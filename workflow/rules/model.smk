@@ -1,0 +1,62 @@
+rule prepare_model:
+    output:
+        model=directory(PREPARED_MODEL),
+    log:
+        "logs/prepare_model.log",
+    benchmark:
+        "benchmarks/prepare_model.tsv"
+    conda:
+        "../envs/torch.yaml"
+    params:
+        spec=lookup(dpath="model", within=config),
+    script:
+        "../scripts/prepare_model.py"
+
+
+rule refusal_tune:
+    input:
+        model=PREPARED_MODEL,
+        split="results/split/prompt_split.csv",
+    output:
+        model=directory(TUNED_MODEL),
+        losses="results/refusal_tune/loss_curve.csv",
+    log:
+        "logs/refusal_tune.log",
+    benchmark:
+        "benchmarks/refusal_tune.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
+    params:
+        tune=lookup(dpath="refusal_tune", within=config),
+        seed=lookup(dpath="seed", within=config),
+        device=lookup(dpath="compute/device", within=config),
+    script:
+        "../scripts/refusal_tune.py"
+
+
+rule edit_model:
+    input:
+        model=baseline_model(),
+        directions="results/directions/refusal_directions.npz",
+    output:
+        model=(
+            directory("results/models/edited_{edit}")
+            if config["edit"]["keep_checkpoint"]
+            else temp(directory("results/models/edited_{edit}"))
+        ),
+    log:
+        "logs/edit_model/{edit}.log",
+    benchmark:
+        "benchmarks/edit_model/{edit}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: workflow.cores
+    params:
+        method="{edit}",
+        restore_norms=lookup(dpath="edit/restore_norms", within=config),
+        arditi_layer=lookup(dpath="edit/arditi_layer", within=config),
+    script:
+        "../scripts/edit_model.py"
