@@ -6,8 +6,8 @@ rule fetch_construction:
     conda:
         "../envs/stats.yaml"
     params:
-        url=lookup(dpath="construction/url", within=config),
-        sha256=lookup(dpath="construction/sha256", within=config),
+        url=lookup(dpath="construction/url", within=config, default=None),
+        sha256=lookup(dpath="construction/sha256", within=config, default=None),
     script:
         "../scripts/fetch_construction.py"
 
@@ -27,7 +27,7 @@ rule split:
         prompts_per_label_per_area=lookup(
             dpath="construction/prompts_per_label_per_area", within=config
         ),
-        sha256=lookup(dpath="construction/sha256", within=config),
+        sha256=lookup(dpath="construction/sha256", within=config, default=None),
     script:
         "../scripts/split.py"
 

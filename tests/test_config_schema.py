@@ -1,0 +1,54 @@
+"""The config schema accepts both shipped configs and names the offending key otherwise."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def load(name):
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_configs_validate(name):
+    validate(load(name), schema=SCHEMA)
+
+
+def test_reference_config_holds_the_reference_pins():
+    config = load("config.yaml")
+    assert config["seed"] == 2445
+    assert config["model"]["repo_id"] == "google/gemma-4-E4B-it"
+    assert config["model"]["revision"] == "fee6332c1abaafb77f6f9624236c63aa2f1d0187"
+    assert config["benchmark"]["revision"] == "612a4e1f45db8adf884fa62318ddf9fa1c6e75e9"
+    assert config["construction"]["sha256"] == (
+        "dd76fbb1d78d61aed045f2417e9b3fb5137b7572bda022d322ee2e7b36a29c47"
+    )
+    assert config["construction"]["construction_areas"] == 8
+    assert config["generation"]["max_new_tokens"] == 4096
+    assert config["judges"] == ["official"]
+    assert config["edit"]["methods"] == ["reference"]
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda c: c["stats"].update(alpah=0.1), "alpah"),
+        (lambda c: c["generation"].update(shards="two"), "shards"),
+        (lambda c: c["model"].update(revision="main"), "revision"),
+        (lambda c: c.update(judges=["gpt4"]), "judges"),
+        (lambda c: c["edit"].update(methods=["reference", "mystery"]), "methods"),
+    ],
+)
+def test_bad_config_names_the_key(mutate, fragment):
+    config = copy.deepcopy(load("config.yaml"))
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert fragment in str(err.value)

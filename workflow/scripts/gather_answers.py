@@ -1,0 +1,11 @@
+from refusal_ablation.benchmark import gather_answers
+from refusal_ablation.runtime import job_logging
+
+with job_logging(snakemake.log[0]):
+    gather_answers(
+        snakemake.input.questions,
+        list(snakemake.input.answers),
+        list(snakemake.input.lengths),
+        snakemake.output.answers,
+        snakemake.output.lengths,
+    )

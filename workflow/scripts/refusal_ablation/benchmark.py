@@ -1,0 +1,148 @@
+"""The prompt sets that get answered: the benchmark questions and the held-out check.
+
+Both end up in SORRY-Bench's ``question.jsonl`` format with question ids 1..N in file
+order, which the official judge needs (it pairs answers with ``questions[id - 1]``).
+Sharded answers are gathered back here into one file per condition.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from .io import (
+    ANSWER_TABLE_COLUMNS,
+    InputError,
+    atomic_path,
+    read_answer_table,
+    read_answers,
+    read_jsonl,
+    read_questions,
+    validate_questions,
+    verify_sha256,
+    write_csv,
+    write_jsonl,
+)
+
+log = logging.getLogger(__name__)
+
+
+def download_file(url: str, out_path: str | os.PathLike, sha256: str | None) -> None:
+    """Download ``url`` to ``out_path``; verified against ``sha256`` before it is moved in."""
+    with atomic_path(out_path) as tmp:
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response, open(tmp, "wb") as fh:
+                shutil.copyfileobj(response, fh)
+        except OSError as exc:
+            raise RuntimeError(f"could not download {url}: {exc}") from exc
+        if sha256:
+            verify_sha256(tmp, sha256)
+        log.info("saved %s (%d bytes)", out_path, Path(tmp).stat().st_size)
+
+
+def select_prompt_style(records: list[dict], prompt_style: str, source: str) -> list[dict]:
+    """Keep one prompt style; records without the field count as ``base``."""
+    kept = [r for r in records if r.get("prompt_style", "base") == prompt_style]
+    if not kept:
+        styles = sorted({r.get("prompt_style", "base") for r in records})
+        raise InputError(f"{source}: no questions with prompt_style '{prompt_style}' (found {styles})")
+    return kept
+
+
+def prepare_benchmark_questions(spec: dict, out_path: str | os.PathLike) -> int:
+    """Materialise the benchmark as validated ``question.jsonl``; returns the question count."""
+    if spec["source"] == "local":
+        source = spec["path"]
+        records = read_jsonl(source)
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+        try:
+            source = hf_hub_download(
+                repo_id=spec["repo_id"],
+                filename=spec["file"],
+                revision=spec["revision"],
+                repo_type="dataset",
+                token=os.environ.get("HF_TOKEN"),
+            )
+        except (GatedRepoError, RepositoryNotFoundError) as exc:
+            raise RuntimeError(
+                f"{spec['repo_id']} is gated: accept its terms at "
+                f"https://huggingface.co/datasets/{spec['repo_id']} with your account, then "
+                f"export HF_TOKEN=<a token of that account> and rerun ({type(exc).__name__})"
+            ) from None
+        records = read_jsonl(source)
+    records = select_prompt_style(records, spec["prompt_style"], str(source))
+    validate_questions(records, f"{source} (prompt_style {spec['prompt_style']})")
+    write_jsonl(out_path, records)
+    categories = pd.Series([r["category"] for r in records]).value_counts()
+    log.info("%d questions in %d categories from %s", len(records), len(categories), source)
+    return len(records)
+
+
+def heldout_questions(split_csv: str | os.PathLike, out_path: str | os.PathLike) -> int:
+    """The held-out test areas of the construction split, as questions (with their label)."""
+    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
+    test = split[split["split"] == "test"]
+    if test.empty:
+        raise InputError(f"{split_csv}: no held-out test rows")
+    records = [
+        {
+            "question_id": number,
+            "category": row.category,
+            "turns": [row.prompt],
+            "prompt_style": "base",
+            "label": row.label,
+            "prompt_id": row.id,
+        }
+        for number, row in enumerate(test.itertuples(index=False), start=1)
+    ]
+    validate_questions(records, str(split_csv))
+    write_jsonl(out_path, records)
+    log.info("%d held-out prompts from %d areas", len(records), test["category"].nunique())
+    return len(records)
+
+
+def shard_indices(n_questions: int, shard: int, n_shards: int) -> list[int]:
+    """Round-robin shard membership: keeps long and short prompts spread over shards."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
+    return list(range(shard, n_questions, n_shards))
+
+
+def gather_answers(
+    questions_path: str | os.PathLike,
+    shard_answers: list[str],
+    shard_lengths: list[str],
+    out_answers: str | os.PathLike,
+    out_lengths: str | os.PathLike,
+) -> None:
+    """Merge answer shards into one file in question order; every question exactly once."""
+    questions = read_questions(questions_path)
+    by_id: dict[int, dict] = {}
+    for path in shard_answers:
+        for record in read_answers(path):
+            qid = record["question_id"]
+            if qid in by_id:
+                raise InputError(f"{path}: question {qid} is also answered in another shard")
+            by_id[qid] = record
+    expected = [q["question_id"] for q in questions]
+    missing = sorted(set(expected) - set(by_id))
+    extra = sorted(set(by_id) - set(expected))
+    if missing or extra:
+        raise InputError(
+            f"answer shards {shard_answers} do not match {questions_path}: "
+            f"missing question ids {missing[:20]}, unknown ids {extra[:20]}"
+        )
+    write_jsonl(out_answers, (by_id[qid] for qid in expected))
+    lengths = pd.concat([read_answer_table(p) for p in shard_lengths], ignore_index=True)
+    lengths = lengths.set_index("question_id").loc[expected].reset_index()
+    write_csv(out_lengths, lengths[ANSWER_TABLE_COLUMNS])
+    log.info("gathered %d answers from %d shard(s)", len(expected), len(shard_answers))
