@@ -33,6 +33,10 @@ def baseline_model():
     return TUNED_MODEL if refusal_tune_enabled() else PREPARED_MODEL
 
 
+# What the directions file records as its model: the tuned copy when there is one.
+BASELINE_MODEL_SPEC = dict(config["model"], name=baseline_model().split("/")[-1])
+
+
 def model_for_condition(wildcards):
     if wildcards.condition == "baseline":
         return baseline_model()

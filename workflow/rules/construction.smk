@@ -69,6 +69,6 @@ rule fit_directions:
     params:
         seed=lookup(dpath="seed", within=config),
         generalization=lookup(dpath="directions/generalization", within=config),
-        model=lookup(dpath="model", within=config),
+        model=BASELINE_MODEL_SPEC,
     script:
         "../scripts/fit_directions.py"
