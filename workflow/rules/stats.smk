@@ -6,12 +6,49 @@ rule stats:
         edited_lengths="results/answers/benchmark/edited_{edit}.lengths.csv",
         questions="results/questions/benchmark.jsonl",
     output:
-        overall="results/stats/{judge}/{edit}/overall.csv",
-        paired="results/stats/{judge}/{edit}/paired.csv",
-        flip_table="results/stats/{judge}/{edit}/flip_table.csv",
-        per_category="results/stats/{judge}/{edit}/per_category.csv",
-        answer_lengths="results/stats/{judge}/{edit}/answer_lengths.csv",
+        overall=report(
+            "results/stats/{judge}/{edit}/overall.csv",
+            caption="../report/table_overall.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Table: compliance and refusal per condition"},
+        ),
+        paired=report(
+            "results/stats/{judge}/{edit}/paired.csv",
+            caption="../report/table_paired.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Table: paired estimates"},
+        ),
+        flip_table=report(
+            "results/stats/{judge}/{edit}/flip_table.csv",
+            caption="../report/table_flip.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Table: flip table"},
+        ),
+        per_category=report(
+            "results/stats/{judge}/{edit}/per_category.csv",
+            caption="../report/table_per_category.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Table: per category (descriptive)"},
+        ),
+        answer_lengths=report(
+            "results/stats/{judge}/{edit}/answer_lengths.csv",
+            caption="../report/table_answer_lengths.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Table: answer length"},
+        ),
         summary="results/stats/{judge}/{edit}/summary.md",
+        summary_page=report(
+            "results/stats/{judge}/{edit}/summary.html",
+            caption="../report/summary.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Summary (text and every table)"},
+        ),
     log:
         "logs/stats/{judge}/{edit}.log",
     conda:
@@ -30,7 +67,13 @@ rule heldout_stats:
         baseline="results/judgments/{judge}/heldout/baseline.csv",
         edited="results/judgments/{judge}/heldout/edited_{edit}.csv",
     output:
-        heldout="results/stats/{judge}/{edit}/heldout.csv",
+        heldout=report(
+            "results/stats/{judge}/{edit}/heldout.csv",
+            caption="../report/heldout.rst",
+            category="Held-out prompts",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Table: refusal on held-out safe and unsafe prompts"},
+        ),
     log:
         "logs/heldout_stats/{judge}/{edit}.log",
     conda:
@@ -48,8 +91,20 @@ rule direction_figures:
         activations="results/activations/construction.npz",
         split="results/split/prompt_split.csv",
     output:
-        stability="results/figures/directions/direction_stability.png",
-        separation="results/figures/directions/layer_separation.png",
+        stability=report(
+            "results/figures/directions/direction_stability.png",
+            caption="../report/figure_direction_stability.rst",
+            category="Refusal direction",
+            labels={"result": "Figure: direction stability"},
+        ),
+        stability_svg="results/figures/directions/direction_stability.svg",
+        separation=report(
+            "results/figures/directions/layer_separation.png",
+            caption="../report/figure_layer_separation.rst",
+            category="Refusal direction",
+            labels={"result": "Figure: per-layer separation"},
+        ),
+        separation_svg="results/figures/directions/layer_separation.svg",
     log:
         "logs/direction_figures.log",
     conda:
@@ -67,8 +122,38 @@ rule figures:
         baseline_lengths="results/answers/benchmark/baseline.lengths.csv",
         edited_lengths="results/answers/benchmark/edited_{edit}.lengths.csv",
     output:
-        overall="results/figures/{judge}/{edit}/overall_compliance.png",
-        category_change="results/figures/{judge}/{edit}/category_change.png",
+        overall=report(
+            "results/figures/{judge}/{edit}/overall_compliance.png",
+            caption="../report/figure_overall_compliance.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Figure: overall compliance"},
+        ),
+        overall_svg="results/figures/{judge}/{edit}/overall_compliance.svg",
+        category_change=report(
+            "results/figures/{judge}/{edit}/category_change.png",
+            caption="../report/figure_category_change.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Figure: change per category"},
+        ),
+        category_change_svg="results/figures/{judge}/{edit}/category_change.svg",
+        flip_table=report(
+            "results/figures/{judge}/{edit}/flip_table.png",
+            caption="../report/figure_flip_table.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Figure: flip table"},
+        ),
+        flip_table_svg="results/figures/{judge}/{edit}/flip_table.svg",
+        answer_lengths=report(
+            "results/figures/{judge}/{edit}/answer_lengths.png",
+            caption="../report/figure_answer_lengths.rst",
+            category="Benchmark compliance",
+            subcategory="{judge} judge, {edit} edit",
+            labels={"result": "Figure: answer length"},
+        ),
+        answer_lengths_svg="results/figures/{judge}/{edit}/answer_lengths.svg",
     log:
         "logs/figures/{judge}/{edit}.log",
     conda:

@@ -1,0 +1,26 @@
+"""Snakemake adapter for rule `stats`: paired statistics of baseline vs edited judgments."""
+
+from refusal_ablation import edited_condition
+from refusal_ablation.runtime import job_logging
+from refusal_ablation.stats import write_stats
+
+with job_logging(snakemake.log[0]):
+    write_stats(
+        baseline_judgments=snakemake.input.baseline,
+        edited_judgments=snakemake.input.edited,
+        baseline_lengths=snakemake.input.baseline_lengths,
+        edited_lengths=snakemake.input.edited_lengths,
+        questions=snakemake.input.questions,
+        overall=snakemake.output.overall,
+        paired=snakemake.output.paired,
+        flip_table_csv=snakemake.output.flip_table,
+        per_category=snakemake.output.per_category,
+        answer_lengths=snakemake.output.answer_lengths,
+        summary=snakemake.output.summary,
+        summary_page=snakemake.output.get("summary_page"),
+        alpha=float(snakemake.params.alpha),
+        bootstrap_resamples=int(snakemake.params.bootstrap_resamples),
+        seed=int(snakemake.params.seed),
+        edited_condition=edited_condition(snakemake.wildcards.edit),
+        title=f"Refusal ablation, edit '{snakemake.wildcards.edit}', judge '{snakemake.wildcards.judge}'",
+    )
