@@ -1,0 +1,28 @@
+import tempfile
+from pathlib import Path
+
+from refusal_ablation.judges.official import judge_official
+from refusal_ablation.runtime import job_logging
+
+# Answer files and judgment tables are named by condition: results/.../<condition>.{jsonl,csv}
+answers = {Path(path).stem: path for path in snakemake.input.answers}
+outputs = {Path(path).stem: path for path in snakemake.output.judgments}
+judge_model = snakemake.params.judge_model
+
+with job_logging(snakemake.log[0]):
+    workdir = tempfile.mkdtemp(
+        prefix=f"sorry-bench-judge-{snakemake.wildcards.promptset}-",
+        dir=getattr(snakemake.resources, "tmpdir", None),
+    )
+    judge_official(
+        snakemake.input.questions,
+        answers,
+        outputs,
+        evaluator_dir=snakemake.input.evaluator,
+        manifest_path=snakemake.input.manifest,
+        judge_weights=snakemake.input.judge_model,
+        bench_name=snakemake.params.bench_name,
+        judge_prompt=snakemake.params.judge_prompt,
+        judge_model_label=f"{judge_model['repo_id']}@{judge_model['revision']}",
+        workdir=workdir,
+    )
