@@ -1,0 +1,103 @@
+"""Last-prompt-token hidden states at the output of every decoder layer.
+
+Each prompt is one user turn in the chat template with the generation prompt, so the last
+prompt token is where the model is about to start its answer: the position whose state
+carries the refuse/comply decision the refusal direction is fit from.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import io
+from .modeling import encode_chat, load_model
+
+log = logging.getLogger(__name__)
+
+SPLIT_COLUMNS = ["id", "prompt", "label", "category", "split", "test_group"]
+
+
+def left_padded_batch(sequences: list[list[int]], pad_token_id: int):
+    """(input_ids, attention_mask, position_ids) with every sequence right-aligned.
+
+    Position ids count real tokens only, so a padded prompt sees exactly the positions it
+    would see alone.
+    """
+    import torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attention, positions
+
+
+def extract_last_token_states(model, tokenizer, prompts: list[str], batch_size: int) -> np.ndarray:
+    """float32 [n_prompts, n_layers, hidden]: the last prompt token's state after each layer.
+
+    Layer l is ``hidden_states[l + 1]`` of the forward pass (entry 0 is the embeddings). As
+    in the reference code, the final entry is what the model returns there; transformers
+    returns it after the final norm.
+    """
+    import torch
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    encoded = encode_chat(tokenizer, prompts)
+    # similar lengths share a batch: less padding, same result
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    device = next(model.parameters()).device
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    states: list[np.ndarray | None] = [None] * len(encoded)
+    start = time.monotonic()
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="activations", unit="batch", file=sys.stderr):
+            input_ids, attention, positions = left_padded_batch([encoded[i] for i in batch], tokenizer.pad_token_id)
+            out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                        position_ids=positions.to(device), output_hidden_states=True, use_cache=False, **extra)
+            # left padding puts every prompt's last token in the last column
+            last = torch.stack([h[:, -1, :] for h in out.hidden_states[1:]], dim=1)
+            last = last.float().cpu().numpy()
+            for row, i in enumerate(batch):
+                states[i] = last[row]
+    if not states:
+        raise ValueError("no prompts to extract activations for")
+    result = np.stack(states).astype(np.float32, copy=False)
+    log.info("extracted %s states for %d prompts in %.1f s", result.shape, len(prompts), time.monotonic() - start)
+    return result
+
+
+def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
+    frame = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
+    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise io.InputError(f"{split_csv}: missing columns {missing}")
+    empty = frame.index[frame["prompt"].astype(str).str.strip() == ""]
+    if len(empty):
+        raise io.InputError(f"{split_csv}: empty prompt in file line(s) {[int(i) + 2 for i in empty[:10]]}")
+    dup = frame.index[frame["id"].duplicated(keep=False)]
+    if len(dup):
+        raise io.InputError(f"{split_csv}: duplicate id(s) {sorted(set(frame.loc[dup, 'id']))[:10]}")
+    return frame
+
+
+def run_activations(split_csv, model_dir, out_npz, batch_size: int, device: str = "auto",
+                    threads: int | None = None) -> None:
+    """Activations of every prompt in the split file, saved keyed by prompt id."""
+    frame = read_split(split_csv)
+    model, tokenizer = load_model(model_dir, device=device, threads=threads)
+    states = extract_last_token_states(model, tokenizer, frame["prompt"].tolist(), int(batch_size))
+    io.save_activations(out_npz, frame["id"].tolist(), states)
+    log.info("wrote %s: %d prompts x %d layers x %d hidden", out_npz, *states.shape)

