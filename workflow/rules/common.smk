@@ -69,6 +69,8 @@ def final_targets():
         "results/figures/directions/direction_stability.png",
         "results/figures/directions/layer_separation.png",
     ]
+    for edit in EDITS:
+        targets.append(f"results/verify/{edit}/residual_projection.png")
     for judge in JUDGES:
         for edit in EDITS:
             targets.append(f"results/stats/{judge}/{edit}/summary.md")

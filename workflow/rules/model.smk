@@ -60,3 +60,40 @@ rule edit_model:
         arditi_layer=lookup(dpath="edit/arditi_layer", within=config),
     script:
         "../scripts/edit_model.py"
+
+
+rule verify_edit:
+    input:
+        baseline_model=baseline_model(),
+        edited_model="results/models/edited_{edit}",
+        directions="results/directions/refusal_directions.npz",
+        split="results/split/prompt_split.csv",
+    output:
+        csv=report(
+            "results/verify/{edit}/residual_projection.csv",
+            caption="../report/verify_edit.rst",
+            category="Edit verification",
+            subcategory="{edit} edit",
+            labels={"result": "Table: component along d, before and after"},
+        ),
+        png=report(
+            "results/verify/{edit}/residual_projection.png",
+            caption="../report/verify_edit.rst",
+            category="Edit verification",
+            subcategory="{edit} edit",
+            labels={"result": "Figure: component along d, before and after"},
+        ),
+    log:
+        "logs/verify_edit/{edit}.log",
+    benchmark:
+        "benchmarks/verify_edit/{edit}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=GPUS_PER_JOB,
+    params:
+        batch_size=lookup(dpath="activations/batch_size", within=config),
+        device=lookup(dpath="compute/device", within=config),
+    script:
+        "../scripts/verify_edit.py"

@@ -1,0 +1,15 @@
+from refusal_ablation.runtime import job_logging
+from refusal_ablation.verify import run_verify_edit
+
+with job_logging(snakemake.log[0]):
+    run_verify_edit(
+        baseline_model=snakemake.input.baseline_model,
+        edited_model=snakemake.input.edited_model,
+        directions_npz=snakemake.input.directions,
+        split_csv=snakemake.input.split,
+        out_csv=snakemake.output.csv,
+        out_png=snakemake.output.png,
+        edit=snakemake.wildcards.edit,
+        batch_size=int(snakemake.params.batch_size),
+        device=snakemake.params.device,
+    )
