@@ -17,6 +17,7 @@ rule refusal_tune:
     input:
         model=PREPARED_MODEL,
         split="results/split/prompt_split.csv",
+        benchmark="results/questions/benchmark.jsonl",
     output:
         model=directory(TUNED_MODEL),
         losses="results/refusal_tune/loss_curve.csv",
