@@ -1,16 +1,62 @@
 """Greedy generation engine: prompt token ids in, answer token ids out.
 
-``iter_greedy`` yields each finished sequence as soon as its batch is done, so callers can
-write answers as they come (and resume after an interruption).
+``iter_greedy`` yields each finished sequence as soon as it is done, so callers can write
+answers as they come (and resume after an interruption). Two engines sit behind it:
+
+- ``"continuous"``: a slot decoder. Every slot of a fixed-size batch holds one sequence with
+  its own position; a sequence that stops leaves its slot at once and a waiting prompt takes
+  it (continuous batching). Keys and values live in preallocated per-slot buffers (a ring
+  of the window size for sliding-window layers); attention reads only a length bucket of
+  them. On CUDA each (batch bucket, length bucket) decode step is captured once as a CUDA
+  graph and replayed, which removes the per-step host overhead that dominates
+  ``model.generate`` for a 42-layer model.
+- ``"generate"``: plain ``model.generate`` on length-sorted, left-padded batches.
+
+Both are greedy and deterministic and compute what ``model.generate`` with
+``do_sample=False`` computes for each prompt alone: token for token in float32 on the CPU
+(tests/test_engine.py); on a GPU, batched kernels round differently, which can flip an
+argmax between near-tied logits (see docs/performance.md). ``"auto"`` picks ``"continuous"``
+when the model's structure and generation config allow it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache
+
+from refusal_ablation.runtime import RateLogger
+
 log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "continuous", "generate")
+DECODE_ATTENTION = "refusal_ablation_decode"
+# generation-config fields that make model.generate's greedy choice differ from a plain argmax
+_GREEDY_CHANGING_FIELDS = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "sequence_bias": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "forced_decoder_ids": (None,),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+}
 
 
 @dataclass
@@ -20,6 +66,59 @@ class Finished:
     hit_limit: bool  # stopped by its token cap, not by a stop token
 
 
+def iter_greedy(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: Sequence[int],
+    stop_token_ids: Sequence[int],
+    pad_token_id: int,
+    batch_size: int | str = "auto",
+    engine: str = "auto",
+    cuda_graphs: bool | None = None,
+) -> Iterator[Finished]:
+    """Greedy answers for token-id prompts, yielded in the order they finish.
+
+    ``max_new_tokens[i]`` caps prompt i's answer; an answer ends at the first id in
+    ``stop_token_ids`` (not included). ``batch_size`` is the number of sequences decoded
+    together (``"auto"``: as many as free GPU memory holds). ``cuda_graphs`` (continuous
+    engine on CUDA only) defaults to on.
+    """
+    if len(prompts) != len(max_new_tokens):
+        raise ValueError(
+            f"iter_greedy: {len(prompts)} prompts but {len(max_new_tokens)} max_new_tokens values"
+        )
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"iter_greedy: prompt {i} has no tokens")
+        if int(max_new_tokens[i]) < 0:
+            raise ValueError(f"iter_greedy: max_new_tokens[{i}] = {max_new_tokens[i]} is negative")
+    if engine not in ENGINES:
+        raise ValueError(f"iter_greedy: engine must be one of {ENGINES}, got {engine!r}")
+    if not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)):
+        raise ValueError(f"iter_greedy: batch_size must be a positive int or 'auto', got {batch_size!r}")
+    if not prompts:
+        return
+    stop_ids = sorted({int(t) for t in stop_token_ids})
+    caps = [int(c) for c in max_new_tokens]
+
+    if engine == "auto":
+        reason = continuous_unsupported_reason(model)
+        engine = "continuous" if reason is None else "generate"
+        if reason is not None:
+            log.info("using model.generate: %s", reason)
+    elif engine == "continuous":
+        reason = continuous_unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"iter_greedy: the continuous engine cannot run this model: {reason}")
+
+    if engine == "generate":
+        size = 8 if batch_size == "auto" else batch_size
+        yield from _iter_generate(model, prompts, caps, stop_ids, pad_token_id, size)
+        return
+    decoder = _SlotDecoder(model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs)
+    yield from decoder.run()
+
+
 def _cut(tokens: Sequence[int], cap: int, stop_ids: set[int]) -> tuple[list[int], bool]:
     for pos, tok in enumerate(tokens[:cap]):
         if tok in stop_ids:
@@ -27,22 +126,18 @@ def _cut(tokens: Sequence[int], cap: int, stop_ids: set[int]) -> tuple[list[int]
     return list(tokens[:cap]), len(tokens) >= cap
 
 
-def iter_greedy(
-    model,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: Sequence[int],
-    stop_token_ids: Sequence[int],
-    pad_token_id: int,
-    batch_size: int = 8,
-) -> Iterator[Finished]:
+def _iter_generate(model, prompts, caps, stop_ids, pad_token_id, batch_size) -> Iterator[Finished]:
     """Greedy decoding with ``model.generate``, batches of similar prompt length."""
-    import torch
-
-    stop_ids = set(int(t) for t in stop_token_ids)
+    stop_set = set(stop_ids)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     device = next(model.parameters()).device
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
+        cap = max(caps[i] for i in batch)
+        if cap == 0:
+            for i in batch:
+                yield Finished(index=i, tokens=[], hit_limit=True)
+            continue
         width = max(len(prompts[i]) for i in batch)
         input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -50,17 +145,445 @@ def iter_greedy(
             ids = torch.as_tensor(prompts[i], dtype=torch.long)
             input_ids[row, width - len(ids) :] = ids
             attention[row, width - len(ids) :] = 1
-        cap = max(max_new_tokens[i] for i in batch)
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
                 max_new_tokens=cap,
                 do_sample=False,
-                eos_token_id=sorted(stop_ids),
+                eos_token_id=stop_ids or None,
                 pad_token_id=pad_token_id,
             )
         new = out[:, width:].tolist()
         for row, i in enumerate(batch):
-            tokens, hit = _cut(new[row], max_new_tokens[i], stop_ids)
+            tokens, hit = _cut(new[row], caps[i], stop_set)
             yield Finished(index=i, tokens=tokens, hit_limit=hit)
+
+
+def decoder_layers(model):
+    """The decoder layers of a causal LM (``model.model.language_model.layers`` on Gemma 4)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and all(hasattr(m, "self_attn") for m in layers):
+        return layers
+    candidates = [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) and all(hasattr(x, "self_attn") for x in m)
+    ]
+    if not candidates:
+        raise ValueError(f"no decoder layers with self_attn found in {type(model).__name__}")
+    return max(candidates, key=len)
+
+
+def continuous_unsupported_reason(model) -> str | None:
+    """Why the continuous engine cannot reproduce ``model.generate`` greedy for this model, or None."""
+    try:
+        layers = decoder_layers(model)
+    except ValueError as err:
+        return str(err)
+    text_config = model.config.get_text_config()
+    layer_types = getattr(text_config, "layer_types", None)
+    if layer_types is not None:
+        unknown = set(layer_types) - {"full_attention", "sliding_attention"}
+        if unknown:
+            return f"layer types {sorted(unknown)} are not supported"
+        if len(layer_types) != len(layers):
+            return f"{len(layer_types)} layer types for {len(layers)} decoder layers"
+    elif getattr(text_config, "sliding_window", None) and getattr(text_config, "use_sliding_window", True):
+        return "sliding-window attention without per-layer layer_types"
+    for layer in layers:
+        if not hasattr(layer.self_attn, "config"):
+            return "attention modules without a config (not on the attention interface)"
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "encoder-decoder models are not supported"
+    gen = getattr(model, "generation_config", None)
+    for field, neutral in _GREEDY_CHANGING_FIELDS.items():
+        value = getattr(gen, field, None) if gen is not None else None
+        if value not in neutral and value != []:
+            return f"generation_config.{field} = {value!r} changes greedy decoding"
+    return None
+
+
+def _decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs):
+    """Attention for one query token per row, grouped-query without repeating the keys."""
+    batch, n_heads, q_len, head_dim = query.shape
+    if q_len != 1:
+        raise ValueError(f"{DECODE_ATTENTION} handles one query token per row, got {q_len}")
+    n_kv = key.shape[1]
+    scale = scaling if scaling is not None else head_dim**-0.5
+    grouped = query.reshape(batch, n_kv, n_heads // n_kv, head_dim)
+    scores = torch.matmul(grouped, key.transpose(2, 3))
+    if scale != 1.0:
+        scores = scores * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        # [batch, 1, 1, keys] boolean: True = attend
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out = torch.matmul(probs, value)  # [batch, kv heads, group, value dim]
+    return out.reshape(batch, 1, n_heads, value.shape[-1]), None
+
+
+def _register_decode_attention() -> None:
+    AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
+
+
+def _batch_buckets(limit: int) -> list[int]:
+    sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+    size = 256
+    while size < limit:
+        size += 64
+        sizes.append(size)
+    return sorted({s for s in sizes if s < limit} | {limit})
+
+
+def _length_bucket(needed: int, limit: int) -> int:
+    # finer buckets for short contexts, where most steps happen; coarser ones keep the graph count small
+    grain = 256 if needed <= 1024 else 512 if needed <= 2048 else 1024
+    return min(limit, math.ceil(needed / grain) * grain)
+
+
+class _SlotCache(Cache):
+    """Per-slot key/value buffers behind the ``Cache.update`` call the attention layers make.
+
+    Full-attention layers keep every position of a slot; sliding-window layers keep a ring of
+    the window's size. ``set_step`` names the positions being written; the batch and length
+    buckets come from tensor shapes.
+    """
+
+    def __init__(self, layouts: dict[int, tuple], slots: int, max_len: int, device) -> None:
+        super().__init__(layers=[])
+        self.keys, self.values, self.sliding = {}, {}, set()
+        self.ring = None
+        for layer_idx, (n_kv, key_dim, value_dim, dtype, window) in layouts.items():
+            length = max_len if window is None else min(window, max_len)
+            if window is not None:
+                self.sliding.add(layer_idx)
+                self.ring = length
+            self.keys[layer_idx] = torch.zeros((slots, n_kv, length, key_dim), dtype=dtype, device=device)
+            self.values[layer_idx] = torch.zeros((slots, n_kv, length, value_dim), dtype=dtype, device=device)
+        self.rows = torch.arange(slots, device=device)
+        self.positions = self.ring_columns = self.columns = None
+
+    def set_step(self, positions, columns) -> None:
+        """``positions`` [batch]: where each row writes; ``columns``: arange of the length bucket."""
+        self.positions, self.columns = positions, columns
+        self.ring_columns = positions % self.ring if self.ring else None
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        batch = key_states.shape[0]
+        rows = self.rows[:batch]
+        column = self.ring_columns if layer_idx in self.sliding else self.positions
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        keys[rows, :, column, :] = key_states[:, :, 0, :]
+        values[rows, :, column, :] = value_states[:, :, 0, :]
+        if layer_idx in self.sliding:
+            return keys[:batch], values[:batch]
+        length = self.columns.shape[0]
+        return keys[:batch, :, :length], values[:batch, :, :length]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+    def move_slot(self, src: int, dst: int) -> None:
+        for store in (self.keys, self.values):
+            for buf in store.values():
+                buf[dst].copy_(buf[src])
+
+    def load_prefill(self, prefill_cache, batch_rows, slots, prompt_lengths) -> None:
+        """Copy a left-padded prefill's keys/values of ``batch_rows`` into ``slots``."""
+        for layer_idx, layer in enumerate(prefill_cache.layers):
+            if layer_idx not in self.keys:
+                continue
+            window = self.ring if layer_idx in self.sliding else None
+            stored = layer.keys.shape[2]
+            for row, slot, n_tokens in zip(batch_rows, slots, prompt_lengths):
+                keep = min(n_tokens, stored) if window is None else min(n_tokens, stored, window)
+                src_k = layer.keys[row, :, stored - keep :]
+                src_v = layer.values[row, :, stored - keep :]
+                if window is None:
+                    self.keys[layer_idx][slot, :, :keep].copy_(src_k)
+                    self.values[layer_idx][slot, :, :keep].copy_(src_v)
+                else:
+                    columns = torch.arange(n_tokens - keep, n_tokens, device=src_k.device) % window
+                    self.keys[layer_idx][slot].index_copy_(1, columns, src_k)
+                    self.values[layer_idx][slot].index_copy_(1, columns, src_v)
+
+
+class _SlotDecoder:
+    """Continuous-batching greedy decoder over a fixed number of slots (see the module docstring)."""
+
+    def __init__(self, model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs):
+        self.model, self.prompts, self.caps = model, prompts, caps
+        self.stop_ids, self.pad = stop_ids, int(pad_token_id)
+        self.device = next(model.parameters()).device
+        self.use_graphs = self.device.type == "cuda" and cuda_graphs is not False
+        layers = decoder_layers(model)
+        self.attn_configs = list({id(l.self_attn.config): l.self_attn.config for l in layers}.values())
+        text_config = model.config.get_text_config()
+        self.layer_types = getattr(text_config, "layer_types", None)
+        self.window = getattr(text_config, "sliding_window", None)
+        self.max_len = max(len(p) + c for p, c in zip(prompts, caps))
+        _register_decode_attention()
+        with torch.inference_mode():
+            layouts = self._cache_layouts()
+        per_slot = sum(
+            n_kv * (self.max_len if w is None else min(w, self.max_len)) * (kd + vd) * dtype.itemsize
+            for n_kv, kd, vd, dtype, w in layouts.values()
+        )
+        self.slots = self._slot_count(batch_size, per_slot, len(prompts))
+        self.cache = _SlotCache(layouts, self.slots, self.max_len, self.device)
+        log.info(
+            "continuous engine: %d prompts, %d slots, %.1f MiB cache per slot, %d positions, cuda graphs %s",
+            len(prompts), self.slots, per_slot / 2**20, self.max_len, "on" if self.use_graphs else "off",
+        )
+        self.batch_buckets = _batch_buckets(self.slots)
+        # device-side step inputs and outputs: fixed addresses so that graphs can replay them
+        self.token_in = torch.full((self.slots,), self.pad, dtype=torch.long, device=self.device)
+        self.position_in = torch.zeros((self.slots,), dtype=torch.long, device=self.device)
+        self.token_out = torch.zeros((self.slots,), dtype=torch.long, device=self.device)
+        self.columns = torch.arange(self.max_len, device=self.device)
+        self.graphs: dict[tuple[int, int], object] = {}
+        self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.capture_seconds = self.prefill_seconds = self.decode_seconds = 0.0
+        self.steps = 0
+        # set to a list to record each decode step's context lengths (for benchmarks)
+        self.trace: list | None = None
+
+    def _cache_layouts(self) -> dict[int, tuple]:
+        """Per stored layer: (kv heads, key dim, value dim, dtype, sliding window or None), from a 1-token probe."""
+        probe = torch.as_tensor([list(self.prompts[0][:1])], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=probe, use_cache=True, logits_to_keep=1)
+        layouts = {}
+        for layer_idx, layer in enumerate(out.past_key_values.layers):
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            sliding = self.layer_types is not None and self.layer_types[layer_idx] == "sliding_attention"
+            layouts[layer_idx] = (
+                layer.keys.shape[1],
+                layer.keys.shape[3],
+                layer.values.shape[3],
+                layer.keys.dtype,
+                int(self.window) if sliding else None,
+            )
+        if not layouts:
+            raise ValueError(f"{type(self.model).__name__} stored no keys/values in its cache")
+        return layouts
+
+    def _slot_count(self, batch_size, per_slot: int, n_prompts: int) -> int:
+        if batch_size != "auto":
+            return max(1, min(int(batch_size), n_prompts))
+        if self.device.type != "cuda":
+            return max(1, min(32, n_prompts))
+        free, total = torch.cuda.mem_get_info(self.device)
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        # logits and their soft-capped copies per slot, kept in the graphs' memory pool
+        per_slot_total = per_slot + 8 * vocab
+        reserve = max(4 * 2**30, int(0.08 * total))
+        fit = max(1, (free - reserve) // per_slot_total)
+        slots = int(min(n_prompts, fit, 1024))
+        log.info(
+            "batch size %d from %.1f GiB free (%.1f MiB per slot, %.1f GiB reserved)",
+            slots, free / 2**30, per_slot_total / 2**20, reserve / 2**30,
+        )
+        return slots
+
+    def _prefill(self, indices: list[int]):
+        """First answer token of each prompt and the prefill cache (left-padded batch)."""
+        width = max(len(self.prompts[i]) for i in indices)
+        ids = torch.full((len(indices), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            n = len(self.prompts[i])
+            ids[row, width - n :] = torch.as_tensor(self.prompts[i], dtype=torch.long)
+            mask[row, width - n :] = 1
+        # positions count from each prompt's first real token, as model.generate does
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first = out.logits[:, -1].argmax(-1).tolist()
+        return first, out.past_key_values
+
+    def _masks(self, positions, columns):
+        """Boolean [batch, 1, 1, keys] masks per layer type (a single tensor for one-type models)."""
+        full = (columns[None, :] <= positions[:, None])[:, None, None, :]
+        if self.layer_types is None:
+            return full
+        masks = {"full_attention": full}
+        if self.cache.ring:
+            # ring column c holds the newest position congruent to c: valid once written
+            ring = torch.arange(self.cache.ring, device=positions.device)
+            masks["sliding_attention"] = (ring[None, :] <= positions[:, None])[:, None, None, :]
+        return masks
+
+    def _decode(self, tokens, positions, columns):
+        """Next greedy token per row; the batch and length buckets are the inputs' shapes."""
+        self.cache.set_step(positions, columns)
+        out = self.model(
+            input_ids=tokens[:, None],
+            position_ids=positions[:, None],
+            attention_mask=self._masks(positions, columns),
+            past_key_values=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1].argmax(-1)
+
+    def _step(self, batch: int, length: int) -> None:
+        """One decode step on slots [0, batch): reads token_in/position_in, writes token_out."""
+        saved = [c._attn_implementation_internal for c in self.attn_configs]
+        for config in self.attn_configs:
+            config._attn_implementation_internal = DECODE_ATTENTION
+        try:
+            tokens = self._decode(self.token_in[:batch], self.position_in[:batch], self.columns[:length])
+        finally:
+            for config, impl in zip(self.attn_configs, saved):
+                config._attn_implementation_internal = impl
+        self.token_out[:batch].copy_(tokens)
+
+    def _run_step(self, batch: int, length: int) -> None:
+
+        if not self.use_graphs:
+            self._step(batch, length)
+            return
+        graph = self.graphs.get((batch, length))
+        if graph is None:
+            start = time.monotonic()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            # a warm-up step repeats this step's cache writes with the same values, so it is harmless
+            with torch.cuda.stream(side):
+                self._step(batch, length)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, pool=self.graph_pool):
+                    self._step(batch, length)
+            except RuntimeError as err:
+                # e.g. a model whose forward synchronises with the host: slower, still correct
+                log.warning("CUDA graph capture failed, decoding without graphs: %s", err)
+                self.use_graphs = False
+                self._step(batch, length)
+                return
+            self.graphs[(batch, length)] = graph
+            self.capture_seconds += time.monotonic() - start
+        graph.replay()
+
+    def run(self) -> Iterator[Finished]:
+        """Decode every prompt; yields each answer when it finishes (outside inference mode)."""
+        n = len(self.prompts)
+        progress = RateLogger(log, total=n, unit="answers", every_s=30.0)
+        # waiting prompts, shortest first so that prefill batches pad little
+        self.pending = deque(sorted(range(n), key=lambda i: (len(self.prompts[i]), i)))
+        self.slot_prompt: list[int] = []  # prompt index of each active slot (slots [0, active))
+        self.slot_answer: list[list[int]] = []
+        self.token = np.full(self.slots, self.pad, dtype=np.int64)
+        self.position = np.zeros(self.slots, dtype=np.int64)
+        self.generated = 0
+        started = time.monotonic()
+        while self.pending or self.slot_prompt:
+            free = self.slots - len(self.slot_prompt)
+            with torch.inference_mode():
+                if self.pending and (free >= max(1, self.slots // 8) or not self.slot_prompt
+                                     or len(self.pending) <= free):
+                    done = self._admit([self.pending.popleft() for _ in range(min(free, len(self.pending)))])
+                else:
+                    done = self._decode_step()
+            for finished in done:
+                progress.update(1, tokens_per_s=f"{self.generated / (time.monotonic() - started):.0f}")
+                yield finished
+        log.info(
+            "continuous engine: %d tokens in %d decode steps (%.1f s) after %.1f s of prefill; "
+            "%d graphs captured in %.1f s of that",
+            self.generated, self.steps, self.decode_seconds, self.prefill_seconds, len(self.graphs),
+            self.capture_seconds,
+        )
+
+    def _decode_step(self) -> list[Finished]:
+        """One step for every active slot; returns the answers it finished."""
+        active = len(self.slot_prompt)
+        token, position = self.token, self.position
+        batch = next(b for b in self.batch_buckets if b >= active)
+        length = _length_bucket(int(position[:active].max()) + 1, self.max_len)
+        # padding rows attend to their own column 0 only and are never read
+        token[active:batch] = self.pad
+        position[active:batch] = 0
+        step_start = time.monotonic()
+        self.token_in[:batch].copy_(torch.from_numpy(token[:batch]))
+        self.position_in[:batch].copy_(torch.from_numpy(position[:batch]))
+        self._run_step(batch, length)
+        new = self.token_out[:active].cpu().numpy()
+        self.decode_seconds += time.monotonic() - step_start
+        self.steps += 1
+        self.generated += active
+        if self.trace is not None:
+            self.trace.append(position[:active] + 1)
+        stopped = np.isin(new, self.stop_ids) if self.stop_ids else np.zeros(active, dtype=bool)
+        ended = []
+        for slot in range(active):
+            if stopped[slot]:
+                ended.append((slot, False))
+                continue
+            answer = self.slot_answer[slot]
+            answer.append(int(new[slot]))
+            if len(answer) >= self.caps[self.slot_prompt[slot]]:
+                ended.append((slot, True))
+        token[:active] = new
+        position[:active] += 1
+        return self._release(ended)
+
+    def _admit(self, admitted: list[int]) -> list[Finished]:
+        """Prefill admitted prompts into the free slots after the active ones."""
+        budget = 32768 if self.device.type == "cuda" else 4096
+        chunks, chunk = [], []
+        for i in admitted:  # already sorted by prompt length
+            width = max([len(self.prompts[j]) for j in chunk] + [len(self.prompts[i])])
+            if chunk and width * (len(chunk) + 1) > budget:
+                chunks.append(chunk)
+                chunk = []
+            chunk.append(i)
+        if chunk:
+            chunks.append(chunk)
+        done = [Finished(index=i, tokens=[], hit_limit=True) for i in admitted if self.caps[i] == 0]
+        for chunk in chunks:
+            todo = [i for i in chunk if self.caps[i] > 0]
+            if not todo:
+                continue
+            prefill_start = time.monotonic()
+            first, prefill_cache = self._prefill(todo)
+            base = len(self.slot_prompt)
+            slots = list(range(base, base + len(todo)))
+            self.cache.load_prefill(prefill_cache, range(len(todo)), slots, [len(self.prompts[i]) for i in todo])
+            del prefill_cache
+            self.prefill_seconds += time.monotonic() - prefill_start
+            ended = []
+            for slot, i, tok in zip(slots, todo, first):
+                stop = tok in self.stop_ids
+                self.slot_prompt.append(i)
+                self.slot_answer.append([] if stop else [tok])
+                self.token[slot] = tok
+                self.position[slot] = len(self.prompts[i])
+                if stop or self.caps[i] == 1:
+                    ended.append((slot, not stop))
+            done += self._release(ended)
+        return done
+
+    def _release(self, ended: list[tuple[int, bool]]) -> list[Finished]:
+        """Finish the (slot, hit_limit) pairs, moving the last active sequences into the holes."""
+        done = [Finished(index=self.slot_prompt[s], tokens=self.slot_answer[s], hit_limit=hit) for s, hit in ended]
+        for slot in sorted((s for s, _ in ended), reverse=True):
+            last = len(self.slot_prompt) - 1
+            if slot != last:
+                self.cache.move_slot(last, slot)
+                self.slot_prompt[slot], self.slot_answer[slot] = self.slot_prompt[last], self.slot_answer[last]
+                self.token[slot], self.position[slot] = self.token[last], self.position[last]
+            self.slot_prompt.pop()
+            self.slot_answer.pop()
+        return done
