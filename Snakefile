@@ -10,7 +10,6 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-
 report: "workflow/report/workflow.rst"
 
 
@@ -20,6 +19,21 @@ include: "workflow/rules/construction.smk"
 include: "workflow/rules/answers.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/stats.smk"
+
+
+# Cheap bookkeeping jobs run where Snakemake runs instead of waiting in a cluster queue.
+localrules:
+    split,
+    gather_answers,
+    heldout_questions,
+    stats,
+    heldout_stats,
+    figures,
+    direction_figures,
+    judge_strmatch,
+    judge_agreement,
+    fetch_construction,
+    benchmark_questions,
 
 
 rule all:

@@ -23,7 +23,9 @@ rule split:
         "../envs/stats.yaml"
     params:
         seed=lookup(dpath="seed", within=config),
-        construction_areas=lookup(dpath="construction/construction_areas", within=config),
+        construction_areas=lookup(
+            dpath="construction/construction_areas", within=config
+        ),
         prompts_per_label_per_area=lookup(
             dpath="construction/prompts_per_label_per_area", within=config
         ),

@@ -7,6 +7,7 @@ rule prepare_model:
         "benchmarks/prepare_model.tsv"
     conda:
         "../envs/torch.yaml"
+    threads: workflow.cores
     params:
         spec=lookup(dpath="model", within=config),
     script:

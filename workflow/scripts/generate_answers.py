@@ -1,9 +1,11 @@
 """Snakemake adapter: greedy answers of one model condition to one shard of a question file."""
 
 from refusal_ablation.generation import generate_shard
+from refusal_ablation.gpus import allocate_gpus
 from refusal_ablation.runtime import job_logging
 
-with job_logging(snakemake.log[0]):
+# Snakemake counts GPU slots but does not pick devices; the allocator gives this job its own.
+with job_logging(snakemake.log[0]), allocate_gpus(snakemake.resources.gpu):
     generate_shard(
         questions_jsonl=snakemake.input.questions,
         model_dir=snakemake.input.model,

@@ -2,6 +2,7 @@ import tempfile
 from pathlib import Path
 
 from refusal_ablation.judges.official import judge_official
+from refusal_ablation.gpus import allocate_gpus
 from refusal_ablation.runtime import job_logging
 
 # Answer files and judgment tables are named by condition: results/.../<condition>.{jsonl,csv}
@@ -9,7 +10,8 @@ answers = {Path(path).stem: path for path in snakemake.input.answers}
 outputs = {Path(path).stem: path for path in snakemake.output.judgments}
 judge_model = snakemake.params.judge_model
 
-with job_logging(snakemake.log[0]):
+# Snakemake counts GPU slots but does not pick devices; the allocator gives this job its own.
+with job_logging(snakemake.log[0]), allocate_gpus(snakemake.resources.gpu):
     workdir = tempfile.mkdtemp(
         prefix=f"sorry-bench-judge-{snakemake.wildcards.promptset}-",
         dir=getattr(snakemake.resources, "tmpdir", None),

@@ -1,7 +1,9 @@
+from refusal_ablation.gpus import allocate_gpus
 from refusal_ablation.runtime import job_logging
 from refusal_ablation.verify import run_verify_edit
 
-with job_logging(snakemake.log[0]):
+# Snakemake counts GPU slots but does not pick devices; the allocator gives this job its own.
+with job_logging(snakemake.log[0]), allocate_gpus(snakemake.resources.gpu):
     run_verify_edit(
         baseline_model=snakemake.input.baseline_model,
         edited_model=snakemake.input.edited_model,
