@@ -336,3 +336,18 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     assert sorted(got) == sorted(expected)
     differing = [path for path in expected if got[path] != expected[path]]
     assert not differing, f"SLURM results differ from the local run's: {differing}"
+
+    # A failed or lost shard costs only itself: with the shard and the gathered file gone,
+    # rebuilding the gathered answers plans one generate_answers job, for that shard.
+    lost = work / "results/answers/benchmark/baseline" / f"shard-1-of-{SLURM_SHARDS}.jsonl"
+    gathered = work / "results/answers/benchmark/baseline.jsonl"
+    lost.unlink()
+    gathered.unlink()
+    dry = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile",
+         str(sharded_config.relative_to(work)), str(gathered.relative_to(work))],
+        cwd=work, capture_output=True, text=True, timeout=300,
+    )
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    planned = re.findall(r"^rule generate_answers:.*?output: ([^\s,]+)", dry.stdout, flags=re.MULTILINE | re.DOTALL)
+    assert planned == [str(lost.relative_to(work))], planned
