@@ -184,3 +184,22 @@ def test_rerun_without_changes_has_nothing_to_do(demo_run):
     result = snakemake(demo_run, "-n", "--configfile", "config/demo.yaml", "--cores", "2")
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_edit_variants_share_one_baseline(tmp_path):
+    """Two edit variants: each gets its own checkpoint, answers, judgments and stats,
+    while the baseline is generated and judged once."""
+    work = copy_repo(tmp_path / "repo")
+    config = yaml.safe_load((work / "config/demo.yaml").read_text())
+    config["edit"]["methods"] = ["reference", "norm_aware"]
+    (work / "config/two_edits.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(work, "-n", "--configfile", "config/two_edits.yaml", "--cores", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = scheduled_jobs(result.stdout)
+    promptsets = 2  # benchmark + held-out check
+    assert jobs["edit_model"] == 2 and jobs["verify_edit"] == 2
+    assert jobs["generate_answers"] == (1 + 2) * promptsets
+    assert jobs["judge_strmatch"] == (1 + 2) * promptsets
+    assert jobs["stats"] == 2 and jobs["figures"] == 2
+    baseline_jobs = re.findall(r"output: results/answers/benchmark/baseline/shard", result.stdout)
+    assert len(baseline_jobs) == 1
