@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import io
+from .benchmark import shard_indices
 from .engine import iter_greedy
 from .modeling import context_window, encode_chat, load_model, model_identity, stop_token_ids
 
@@ -34,10 +35,8 @@ class ShardSummary:
 
 
 def shard_questions(questions: list[dict], shard: int, n_shards: int) -> list[dict]:
-    """Round robin: question i belongs to shard i % n_shards (keeps shard sizes within one)."""
-    if n_shards < 1 or not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} of {n_shards}: need 0 <= shard < n_shards")
-    return [q for i, q in enumerate(questions) if i % n_shards == shard]
+    """Round robin (see ``benchmark.shard_indices``): keeps shard sizes within one."""
+    return [questions[i] for i in shard_indices(len(questions), shard, n_shards)]
 
 
 def partial_paths(out_answers: str | os.PathLike) -> tuple[Path, Path]:
