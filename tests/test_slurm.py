@@ -344,8 +344,9 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     lost.unlink()
     gathered.unlink()
     dry = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--configfile",
-         str(sharded_config.relative_to(work)), str(gathered.relative_to(work))],
+        # the target goes first: --configfile takes every value that follows it
+        [sys.executable, "-m", "snakemake", str(gathered.relative_to(work)), "-n", "--cores", "2",
+         "--configfile", str(sharded_config.relative_to(work))],
         cwd=work, capture_output=True, text=True, timeout=300,
     )
     assert dry.returncode == 0, dry.stdout + dry.stderr
