@@ -38,6 +38,26 @@ def test_batched_extraction_equals_one_prompt_at_a_time(model_and_tokenizer):
     assert np.abs(batched[0] - batched[1]).max() > 1e-2
 
 
+@pytest.mark.parametrize("case", ["llama", "gemma4_wide_window", "gemma4_narrow_window"])
+def test_a_shared_prefix_computed_once_gives_the_same_states(case, tmp_path):
+    """Prompts behind one long common preamble (like a default system prompt)."""
+    from refusal_ablation.prefix import prefix_to_share
+
+    if case == "llama":
+        path = build_tiny_llama(tmp_path)
+    else:
+        # the narrow window (16) is shorter than these prompts: sharing must stand aside there
+        window = 1024 if case == "gemma4_wide_window" else 16
+        path = build_tiny_gemma4(tmp_path, sliding_window=window, max_position_embeddings=1024)
+    model, tokenizer = load_model(path, device="cpu")
+    prompts = [f"Answer as a careful and honest assistant would, in plain words. {p}" for p in PROMPTS]
+    assert (prefix_to_share(model, encode_chat(tokenizer, prompts)) >= 8) == (case != "gemma4_narrow_window")
+    shared = extract_last_token_states(model, tokenizer, prompts, batch_size=3)
+    whole = extract_last_token_states(model, tokenizer, prompts, batch_size=3, share_prefix=False)
+    np.testing.assert_allclose(shared, whole, atol=2e-5)
+    assert np.abs(shared[0] - shared[1]).max() > 1e-2
+
+
 def test_states_are_the_last_prompt_token_at_each_decoder_layer_output(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     layers = model.get_decoder().layers

@@ -39,12 +39,12 @@ def _sharpen(model):
     return model.eval()
 
 
-def _gemma4_shared_kv():
+def _gemma4_shared_kv(sliding_window=8):
     """Gemma 4 with KV-shared layers, head dim 32 on full layers, window 8 (E4B's layout, shrunk)."""
     text = dict(
         vocab_size=96, vocab_size_per_layer_input=96, hidden_size_per_layer_input=8, hidden_size=32,
         intermediate_size=64, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        global_head_dim=32, sliding_window=8, num_kv_shared_layers=2, final_logit_softcapping=30.0,
+        global_head_dim=32, sliding_window=sliding_window, num_kv_shared_layers=2, final_logit_softcapping=30.0,
         layer_types=["sliding_attention", "full_attention"] * 3, max_position_embeddings=256,
         pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
@@ -190,3 +190,35 @@ def test_cuda_graph_engine_matches_generate_on_gpu():
     got = {r.index: (r.tokens, r.hit_limit) for r in decoder.run()}
     assert decoder.graphs, "no CUDA graph was captured"
     assert [got[i] for i in range(len(prompts))] == expected
+
+
+@pytest.mark.parametrize("batch_size", [2, 7])
+@pytest.mark.parametrize("name", ["llama", "gemma4_shared_kv_wide_window"])
+def test_prompts_behind_a_shared_prefix_match_generate(name, batch_size, tmp_path):
+    """A common preamble (like a default system prompt) is prefilled once; answers stay the same."""
+    from refusal_ablation.prefix import prefix_to_share
+
+    if name == "llama":
+        model = _sharpen(AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path), dtype=torch.float32))
+    else:
+        model = _sharpen(_gemma4_shared_kv(sliding_window=64))
+    vocab = model.get_output_embeddings().weight.shape[0]
+    rng = random.Random(7)
+    preamble = [rng.randrange(3, vocab) for _ in range(11)]
+    prompts = [preamble + tokens for tokens in _prompts(model, seed=8)]
+    assert prefix_to_share(model, prompts) == 11
+    expected = _reference(model, prompts, CAPS, [])
+    decoder = _SlotDecoder(model, prompts, list(CAPS), [], 0, batch_size, None)
+    got = {r.index: (r.tokens, r.hit_limit) for r in decoder.run()}
+    assert decoder.shared is not None
+    for i in range(len(prompts)):
+        assert got[i] == expected[i], f"{name}, prompt {i}"
+
+
+def test_sharing_stands_aside_when_prompts_outgrow_the_sliding_window():
+    from refusal_ablation.prefix import prefix_to_share
+
+    model = _gemma4_shared_kv()  # window 8
+    prompts = [[5] * 12 + [6], [5] * 12 + [7, 8]]
+    assert prefix_to_share(model, prompts) == 0
+    assert prefix_to_share(_gemma4_shared_kv(sliding_window=64), prompts) == 12

@@ -173,7 +173,7 @@ def build_tiny_gemma3(path, max_position_embeddings: int = 256, seed: int = 0) -
     return path
 
 
-def build_tiny_gemma4(path, max_position_embeddings: int = 256, seed: int = 0) -> Path:
+def build_tiny_gemma4(path, max_position_embeddings: int = 256, seed: int = 0, sliding_window: int = 16) -> Path:
     """Tiny random Gemma4ForConditionalGeneration without vision/audio towers.
 
     Its decoder layers sit under ``model.model.language_model.layers``, as in the real
@@ -185,7 +185,7 @@ def build_tiny_gemma4(path, max_position_embeddings: int = 256, seed: int = 0) -
     ids = _token_ids(path)
     vocab = ids["__vocab_size__"]
     text_config = dict(TINY_TEXT, vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size_per_layer_input=8,
-                       max_position_embeddings=max_position_embeddings, sliding_window=16, global_head_dim=16,
+                       max_position_embeddings=max_position_embeddings, sliding_window=sliding_window, global_head_dim=16,
                        layer_types=["sliding_attention"] * (TINY_TEXT["num_hidden_layers"] - 1) + ["full_attention"],
                        bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
     config = Gemma4Config(text_config=text_config, vision_config=None, audio_config=None)

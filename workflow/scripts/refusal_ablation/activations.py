@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import io
 from .modeling import encode_chat, load_model
+from .prefix import SharedPrefix, prefix_to_share
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,15 @@ def left_padded_batch(sequences: list[list[int]], pad_token_id: int):
     return input_ids, attention, positions
 
 
-def extract_last_token_states(model, tokenizer, prompts: list[str], batch_size: int) -> np.ndarray:
+def extract_last_token_states(
+    model, tokenizer, prompts: list[str], batch_size: int, share_prefix: bool = True
+) -> np.ndarray:
     """float32 [n_prompts, n_layers, hidden]: the last prompt token's state after each layer.
 
     Layer l is ``hidden_states[l + 1]`` of the forward pass (entry 0 is the embeddings). As
     in the reference code, the final entry is what the model returns there; transformers
-    returns it after the final norm.
+    returns it after the final norm. With ``share_prefix``, tokens every prompt starts with
+    (a default system prompt) are run once (see ``prefix``); the states are the same.
     """
     import torch
     from tqdm import tqdm
@@ -61,12 +65,25 @@ def extract_last_token_states(model, tokenizer, prompts: list[str], batch_size: 
     extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     states: list[np.ndarray | None] = [None] * len(encoded)
     start = time.monotonic()
+    n_shared = prefix_to_share(model, encoded) if share_prefix else 0
+    shared = SharedPrefix(model, encoded[0][:n_shared]) if n_shared else None
+    if shared is not None:
+        log.info("the first %d tokens of every prompt are shared: computed once", n_shared)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
         for batch in tqdm(batches, desc="activations", unit="batch", file=sys.stderr):
-            input_ids, attention, positions = left_padded_batch([encoded[i] for i in batch], tokenizer.pad_token_id)
+            if shared is None:
+                input_ids, attention, positions = left_padded_batch(
+                    [encoded[i] for i in batch], tokenizer.pad_token_id
+                )
+                cache = {"use_cache": False}
+            else:
+                input_ids, attention, positions = shared.batch(
+                    [encoded[i][n_shared:] for i in batch], tokenizer.pad_token_id
+                )
+                cache = {"use_cache": True, "past_key_values": shared.cache_for(len(batch))}
             out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        position_ids=positions.to(device), output_hidden_states=True, use_cache=False, **extra)
+                        position_ids=positions.to(device), output_hidden_states=True, **cache, **extra)
             # left padding puts every prompt's last token in the last column
             last = torch.stack([h[:, -1, :] for h in out.hidden_states[1:]], dim=1)
             last = last.float().cpu().numpy()

@@ -33,11 +33,14 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
+from refusal_ablation.prefix import SharedPrefix, prefix_to_share
 from refusal_ablation.runtime import RateLogger
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "continuous", "generate")
+CPU_MAX_SLOTS = 64
+CPU_CACHE_BUDGET = 2 * 2**30  # bytes of key/value buffers on a CPU
 DECODE_ATTENTION = "refusal_ablation_decode"
 # generation-config fields that make model.generate's greedy choice differ from a plain argmax
 _GREEDY_CHANGING_FIELDS = {
@@ -75,13 +78,15 @@ def iter_greedy(
     batch_size: int | str = "auto",
     engine: str = "auto",
     cuda_graphs: bool | None = None,
+    share_prefix: bool = True,
 ) -> Iterator[Finished]:
     """Greedy answers for token-id prompts, yielded in the order they finish.
 
     ``max_new_tokens[i]`` caps prompt i's answer; an answer ends at the first id in
     ``stop_token_ids`` (not included). ``batch_size`` is the number of sequences decoded
     together (``"auto"``: as many as free GPU memory holds). ``cuda_graphs`` (continuous
-    engine on CUDA only) defaults to on.
+    engine on CUDA only) defaults to on. ``share_prefix`` (continuous engine): prefill the tokens
+    every prompt starts with once (see ``prefix``).
     """
     if len(prompts) != len(max_new_tokens):
         raise ValueError(
@@ -115,7 +120,7 @@ def iter_greedy(
         size = 8 if batch_size == "auto" else batch_size
         yield from _iter_generate(model, prompts, caps, stop_ids, pad_token_id, size)
         return
-    decoder = _SlotDecoder(model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs)
+    decoder = _SlotDecoder(model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix)
     yield from decoder.run()
 
 
@@ -292,30 +297,43 @@ class _SlotCache(Cache):
             for buf in store.values():
                 buf[dst].copy_(buf[src])
 
-    def load_prefill(self, prefill_cache, batch_rows, slots, prompt_lengths) -> None:
-        """Copy a left-padded prefill's keys/values of ``batch_rows`` into ``slots``."""
+    def load_prefill(self, prefill_cache, batch_rows, slots, prompt_lengths, shared: int = 0) -> None:
+        """Copy a left-padded prefill's keys/values of ``batch_rows`` into ``slots``.
+
+        With ``shared`` > 0 the prefill cache starts with that many prefix columns common to
+        every row, followed by the rows' own left-padded tokens.
+        """
         for layer_idx, layer in enumerate(prefill_cache.layers):
             if layer_idx not in self.keys:
                 continue
             window = self.ring if layer_idx in self.sliding else None
             stored = layer.keys.shape[2]
+            device = layer.keys.device
             for row, slot, n_tokens in zip(batch_rows, slots, prompt_lengths):
-                keep = min(n_tokens, stored) if window is None else min(n_tokens, stored, window)
-                src_k = layer.keys[row, :, stored - keep :]
-                src_v = layer.values[row, :, stored - keep :]
+                if shared:
+                    # the prefix, then the row's own tokens at the right end (no pads between)
+                    columns = torch.cat([torch.arange(shared), torch.arange(stored - (n_tokens - shared), stored)])
+                else:
+                    columns = torch.arange(stored - min(n_tokens, stored), stored)
+                if window is not None:
+                    columns = columns[-min(len(columns), window):]
+                keep = len(columns)
+                columns = columns.to(device)
+                src_k = layer.keys[row].index_select(1, columns)
+                src_v = layer.values[row].index_select(1, columns)
                 if window is None:
                     self.keys[layer_idx][slot, :, :keep].copy_(src_k)
                     self.values[layer_idx][slot, :, :keep].copy_(src_v)
                 else:
-                    columns = torch.arange(n_tokens - keep, n_tokens, device=src_k.device) % window
-                    self.keys[layer_idx][slot].index_copy_(1, columns, src_k)
-                    self.values[layer_idx][slot].index_copy_(1, columns, src_v)
+                    ring = torch.arange(n_tokens - keep, n_tokens, device=device) % window
+                    self.keys[layer_idx][slot].index_copy_(1, ring, src_k)
+                    self.values[layer_idx][slot].index_copy_(1, ring, src_v)
 
 
 class _SlotDecoder:
     """Continuous-batching greedy decoder over a fixed number of slots (see the module docstring)."""
 
-    def __init__(self, model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs):
+    def __init__(self, model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix=True):
         self.model, self.prompts, self.caps = model, prompts, caps
         self.stop_ids, self.pad = stop_ids, int(pad_token_id)
         self.device = next(model.parameters()).device
@@ -326,6 +344,9 @@ class _SlotDecoder:
         self.layer_types = getattr(text_config, "layer_types", None)
         self.window = getattr(text_config, "sliding_window", None)
         self.max_len = max(len(p) + c for p, c in zip(prompts, caps))
+        # a prefix every prompt starts with (a default system prompt) is prefilled once
+        self.n_shared = prefix_to_share(model, prompts) if share_prefix else 0
+        self.shared: SharedPrefix | None = None
         _register_decode_attention()
         with torch.inference_mode():
             layouts = self._cache_layouts()
@@ -376,7 +397,10 @@ class _SlotDecoder:
         if batch_size != "auto":
             return max(1, min(int(batch_size), n_prompts))
         if self.device.type != "cuda":
-            return max(1, min(32, n_prompts))
+            # a CPU decode step costs nearly the same for 1 or 64 rows (skinny matmuls), so take
+            # many, within a modest cache budget
+            fit = max(1, CPU_CACHE_BUDGET // max(per_slot, 1))
+            return max(1, min(CPU_MAX_SLOTS, n_prompts, fit))
         free, total = torch.cuda.mem_get_info(self.device)
         vocab = self.model.get_output_embeddings().weight.shape[0]
         # logits and their soft-capped copies per slot, kept in the graphs' memory pool
@@ -392,6 +416,20 @@ class _SlotDecoder:
 
     def _prefill(self, indices: list[int]):
         """First answer token of each prompt and the prefill cache (left-padded batch)."""
+        if self.n_shared:
+            if self.shared is None:
+                self.shared = SharedPrefix(self.model, self.prompts[indices[0]][: self.n_shared])
+                log.info("the first %d tokens of every prompt are shared: prefilled once", self.n_shared)
+            ids, mask, positions = self.shared.batch([self.prompts[i][self.n_shared :] for i in indices], self.pad)
+            out = self.model(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device),
+                past_key_values=self.shared.cache_for(len(indices)),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            return out.logits[:, -1].argmax(-1).tolist(), out.past_key_values
         width = max(len(self.prompts[i]) for i in indices)
         ids = torch.full((len(indices), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(indices), width), dtype=torch.long)
@@ -560,7 +598,9 @@ class _SlotDecoder:
             first, prefill_cache = self._prefill(todo)
             base = len(self.slot_prompt)
             slots = list(range(base, base + len(todo)))
-            self.cache.load_prefill(prefill_cache, range(len(todo)), slots, [len(self.prompts[i]) for i in todo])
+            self.cache.load_prefill(
+                prefill_cache, range(len(todo)), slots, [len(self.prompts[i]) for i in todo], self.n_shared
+            )
             del prefill_cache
             self.prefill_seconds += time.monotonic() - prefill_start
             ended = []
