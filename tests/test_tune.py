@@ -194,3 +194,44 @@ def test_bad_settings_are_rejected(tiny_model, tmp_path):
     split = write_split(tmp_path / "split.csv")
     with pytest.raises(InputError, match="refusal_tune.epochs"):
         refusal_tune(tiny_model, split, tmp_path / "m", tmp_path / "l.csv", {**TUNE, "epochs": 0}, SEED)
+
+
+def test_answer_loss_equals_the_full_causal_lm_loss(tiny_model):
+    """Skipping the prompt positions' logits must not change the loss or its gradient."""
+    from refusal_ablation.tune import _batch_tensors, answer_loss, training_example
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    vocab = model.config.vocab_size
+    examples = []
+    for n_prompt, n_answer in ((9, 4), (5, 7), (12, 1)):
+        prompt = torch.randint(3, vocab, (n_prompt,), generator=gen).tolist()
+        answer = torch.randint(3, vocab, (n_answer,), generator=gen).tolist()
+        examples.append(training_example("p", "safe", prompt, answer, end_of_turn=2))
+    input_ids, attention, labels = _batch_tensors(examples, pad_id=0)
+
+    full = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    full.backward()
+    full_grad = model.model.layers[0].mlp.down_proj.weight.grad.clone()
+    model.zero_grad()
+    ours = answer_loss(model, input_ids, attention, labels)
+    ours.backward()
+    ours_grad = model.model.layers[0].mlp.down_proj.weight.grad
+
+    assert torch.allclose(ours, full, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(ours_grad, full_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_prompts_per_label_per_area_takes_the_first_rows_of_each_group(tiny_model, tmp_path):
+    split = write_split(tmp_path / "split.csv")
+    settings = dict(TUNE, prompts_per_label_per_area=1)
+    report = refusal_tune(tiny_model, split, tmp_path / "model", tmp_path / "losses.csv", settings, SEED, "cpu",
+                          threads=1)
+    # first safe and first unsafe prompt of each area, in file order
+    assert report["trained_prompt_ids"] == ["c1", "c2", "c5", "c6"]
+    assert report["settings"]["prompts_per_label_per_area"] == 1
+    assert len(pd.read_csv(tmp_path / "losses.csv")) == TUNE["epochs"]  # 4 examples, batches of 4
+
+    with pytest.raises(InputError, match="prompts_per_label_per_area"):
+        refusal_tune(tiny_model, split, tmp_path / "bad", tmp_path / "bad.csv",
+                     dict(TUNE, prompts_per_label_per_area=0), SEED, "cpu", threads=1)

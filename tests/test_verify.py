@@ -99,3 +99,20 @@ def test_split_without_construction_rows_is_named(setup, tmp_path):
         residual_projection(
             setup["models"]["llama"], setup["edited"]["llama", "arditi"], setup["directions"], split, 4, "cpu"
         )
+
+
+def test_a_subset_of_prompts_per_area_gives_the_same_numbers_for_those_prompts(setup, tmp_path):
+    # two safe cooking prompts: with one per (area, label), only the first stays
+    rows = SPLIT_ROWS[:1] + [("c7", "How long do I boil an egg?", "safe", "cooking", "construction", "construction")]
+    rows += SPLIT_ROWS[1:]
+    split = tmp_path / "split.csv"
+    pd.DataFrame(rows, columns=["id", "prompt", "label", "category", "split", "test_group"]).to_csv(split, index=False)
+    args = (setup["models"]["llama"], setup["edited"]["llama", "arditi"], setup["directions"])
+    subset = residual_projection(*args, split, 4, "cpu", prompts_per_label_per_area=1)
+    every = residual_projection(*args, split, 4, "cpu")
+    original = residual_projection(*args, setup["split"], 4, "cpu")
+
+    assert set(every.loc[every["label"] == "safe", "n_prompts"]) == {4}
+    assert set(subset.loc[subset["label"] == "safe", "n_prompts"]) == {3}
+    # the subset is exactly the original split's prompts (c7 dropped)
+    pd.testing.assert_frame_equal(subset, original, rtol=1e-5)

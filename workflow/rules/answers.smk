@@ -37,7 +37,7 @@ rule generate_answers:
         "benchmarks/generate_answers/{promptset}/{condition}/shard-{shard}-of-{nshards}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS_PER_JOB
     resources:
         gpu=GPUS_PER_JOB,
     params:

@@ -12,6 +12,9 @@ PROMPTSETS = ["benchmark"] + (["heldout"] if config["heldout_check"] else [])
 JUDGES = list(config["judges"])
 N_SHARDS = int(config["generation"]["shards"])
 GPUS_PER_JOB = int(config["compute"]["gpus_per_job"])
+# jobs that can run beside other jobs (activations, edit, answers, verify) take this many
+# threads; prepare_model and refusal_tune, which nothing can run beside, take every core
+THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores
 
 
 wildcard_constraints:

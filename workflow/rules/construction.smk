@@ -44,9 +44,11 @@ rule activations:
         "logs/activations.log",
     benchmark:
         "benchmarks/activations.tsv"
+    # activations -> directions -> edit is the critical path: first call on a free core
+    priority: 10
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS_PER_JOB
     resources:
         gpu=GPUS_PER_JOB,
     params:
@@ -66,6 +68,7 @@ rule fit_directions:
         generalization="results/directions/category_generalization_table.csv",
     log:
         "logs/fit_directions.log",
+    priority: 10
     conda:
         "../envs/stats.yaml"
     params:

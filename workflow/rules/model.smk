@@ -53,9 +53,11 @@ rule edit_model:
         "logs/edit_model/{edit}.log",
     benchmark:
         "benchmarks/edit_model/{edit}.tsv"
+    # on the critical path: start it before side jobs such as figures
+    priority: 10
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS_PER_JOB
     params:
         method="{edit}",
         restore_norms=lookup(dpath="edit/restore_norms", within=config),
@@ -91,11 +93,14 @@ rule verify_edit:
         "benchmarks/verify_edit/{edit}.tsv"
     conda:
         "../envs/torch.yaml"
-    threads: workflow.cores
+    threads: THREADS_PER_JOB
     resources:
         gpu=GPUS_PER_JOB,
     params:
         batch_size=lookup(dpath="activations/batch_size", within=config),
         device=lookup(dpath="compute/device", within=config),
+        prompts_per_label_per_area=lookup(
+            dpath="edit/verify_prompts_per_label_per_area", within=config, default=None
+        ),
     script:
         "../scripts/verify_edit.py"

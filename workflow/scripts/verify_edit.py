@@ -14,4 +14,6 @@ with job_logging(snakemake.log[0]), allocate_gpus(snakemake.resources.gpu):
         edit=snakemake.wildcards.edit,
         batch_size=int(snakemake.params.batch_size),
         device=snakemake.params.device,
+        threads=snakemake.threads,
+        prompts_per_label_per_area=snakemake.params.prompts_per_label_per_area,
     )

@@ -25,6 +25,13 @@ CONSTRUCTION = "construction"
 TEST = "test"
 
 
+def first_per_area_and_label(rows: pd.DataFrame, n: int | None) -> pd.DataFrame:
+    """The first ``n`` rows of each (category, label) group, in file order; all rows when ``n`` is None."""
+    if n is None:
+        return rows
+    return rows.groupby(["category", "label"], sort=False).head(int(n)).reset_index(drop=True)
+
+
 def _lines(numbers, limit: int = 20) -> str:
     numbers = list(numbers)
     shown = ", ".join(str(n) for n in numbers[:limit])

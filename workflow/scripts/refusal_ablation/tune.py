@@ -10,6 +10,7 @@ benchmark stay unseen, which is what makes the later measurements meaningful.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .io import InputError, read_questions, write_csv
+from .split import first_per_area_and_label
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,6 @@ IGNORE_INDEX = -100  # label value the causal-LM loss skips
 SPLIT_COLUMNS = ("id", "prompt", "label", "category", "split")
 LOSS_COLUMNS = ["epoch", "step", "loss"]
 TUNE_KEYS = ("refusal", "epochs", "learning_rate", "batch_size", "safe_answer_tokens")
-GENERATION_BATCH_SIZE = 16
 REPORT_FILE = "refusal_tune.json"
 
 
@@ -112,7 +113,13 @@ def validate_tune_settings(tune: dict) -> dict:
             raise InputError(f"config refusal_tune.{key}: must be a positive integer, got {tune[key]!r}")
     if not float(tune["learning_rate"]) > 0:
         raise InputError(f"config refusal_tune.learning_rate: must be positive, got {tune['learning_rate']!r}")
+    per_area = tune.get("prompts_per_label_per_area")
+    if per_area is not None and (isinstance(per_area, bool) or not isinstance(per_area, int) or per_area < 1):
+        raise InputError(
+            f"config refusal_tune.prompts_per_label_per_area: must be a positive integer or null, got {per_area!r}"
+        )
     return tune
+
 
 
 # ---------------------------------------------------------------- training examples
@@ -173,10 +180,10 @@ def build_examples(
         [safe_answer_tokens] * len(safe_rows),
         stop_ids,
         pad_id,
-        batch_size=GENERATION_BATCH_SIZE,
+        batch_size="auto",
     ):
         own_answers[safe_rows[done.index]] = done.tokens
-        if len(own_answers) % GENERATION_BATCH_SIZE == 0 or len(own_answers) == len(safe_rows):
+        if len(own_answers) % 16 == 0 or len(own_answers) == len(safe_rows):
             log.info("own answers for safe prompts: %d/%d", len(own_answers), len(safe_rows))
     log.info("generated %d safe answers in %.1f s", len(safe_rows), time.monotonic() - started)
 
@@ -206,6 +213,32 @@ def _batch_tensors(batch: Sequence[TrainingExample], pad_id: int):
     return input_ids, attention, labels
 
 
+def answer_loss(model, input_ids, attention, labels):
+    """Mean next-token cross-entropy over the labelled (answer) tokens of a right-padded batch.
+
+    The same number as ``model(..., labels=labels).loss``, but the output layer runs only from
+    the first position that predicts an answer token onwards: on a 49k-word vocabulary the
+    logits of the prompt positions are a large share of a small model's training cost.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+    labelled = labels != IGNORE_INDEX
+    if not bool(labelled[:, 1:].any()):
+        raise ValueError("answer_loss: no labelled token after the first position")
+    width = labels.shape[1]
+    # position p predicts token p + 1
+    first = int(labelled[:, 1:].int().argmax(dim=1)[labelled[:, 1:].any(dim=1)].min())
+    keep = torch.arange(first, width - 1, device=input_ids.device)
+    logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits
+    targets = labels[:, first + 1 :]
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
 def train(
     model,
     examples: Sequence[TrainingExample],
@@ -232,13 +265,11 @@ def train(
         for start in range(0, len(order), batch_size):
             batch = [examples[i] for i in order[start : start + batch_size]]
             input_ids, attention, labels = _batch_tensors(batch, pad_id)
-            out = model(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device)
-            )
+            batch_loss = answer_loss(model, input_ids.to(device), attention.to(device), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            batch_loss.backward()
             optimizer.step()
-            loss = float(out.loss.detach())
+            loss = float(batch_loss.detach())
             epoch_losses.append(loss)
             losses.append({"epoch": epoch, "step": len(losses) + 1, "loss": loss})
             log.info("epoch %d step %d/%d loss %.4f", epoch, len(epoch_losses), steps_per_epoch, loss)
@@ -301,6 +332,7 @@ def refusal_tune(
     if benchmark_questions is not None:
         questions = read_questions(benchmark_questions)
         check_disjoint_from_benchmark(rows, questions, str(split_csv), str(benchmark_questions))
+    rows = first_per_area_and_label(rows, tune.get("prompts_per_label_per_area"))
     log.info(
         "tuning on %d construction prompts (%d unsafe, %d safe) from %d areas of %s",
         len(rows),
@@ -344,7 +376,7 @@ def refusal_tune(
     report = {
         "base_model": str(model_dir),
         "seed": int(seed),
-        "settings": {k: tune[k] for k in TUNE_KEYS},
+        "settings": {k: tune.get(k) for k in (*TUNE_KEYS, "prompts_per_label_per_area")},
         "trained_prompt_ids": [e.prompt_id for e in examples],
         "construction_areas": sorted(rows["category"].unique().tolist()),
         "examples": len(examples),

@@ -22,6 +22,7 @@ for scale. A ratio near 0 means the edit removed the direction there; near 1, no
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from typing import Sequence
@@ -33,7 +34,7 @@ from refusal_ablation.edit import read_directions
 from refusal_ablation.io import InputError
 from refusal_ablation.modeling import encode_chat, load_model
 from refusal_ablation.runtime import RateLogger
-from refusal_ablation.split import CONSTRUCTION, LABELS, read_split
+from refusal_ablation.split import CONSTRUCTION, LABELS, first_per_area_and_label, read_split
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ PROJECTION_COLUMNS = [
 ]
 
 
-def construction_prompts(split_csv: str | os.PathLike) -> pd.DataFrame:
+def construction_prompts(split_csv: str | os.PathLike, per_label_per_area: int | None = None) -> pd.DataFrame:
+    """Construction-split rows (all, or the first ``per_label_per_area`` of each area and label)."""
     split = read_split(split_csv)
     rows = split[split["split"] == CONSTRUCTION]
     if rows.empty:
@@ -61,7 +63,7 @@ def construction_prompts(split_csv: str | os.PathLike) -> pd.DataFrame:
     bad = rows.index[~rows["label"].isin(LABELS)]
     if len(bad):
         raise InputError(f"{split_csv}: 'label' must be safe or unsafe; bad line(s) {(bad + 2).tolist()[:20]}")
-    return rows.reset_index(drop=True)
+    return first_per_area_and_label(rows.reset_index(drop=True), per_label_per_area)
 
 
 def layer_projections(
@@ -113,6 +115,7 @@ def layer_projections(
             module = writer.norm if writer.norm is not None else writer.linear
             hooks.append(module.register_forward_hook(add_write(writer.layer)))
     order = sorted(range(n), key=lambda i: len(encoded[i]))
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     progress = RateLogger(log, n, "prompts")
     try:
         for start in range(0, n, batch_size):
@@ -125,7 +128,8 @@ def layer_projections(
                 mask[row, width - len(encoded[i]) :] = 1
             captured["layer_writes"] = [None] * layers
             with torch.inference_mode():
-                model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+                # the hooks read everything needed; logits of one position are the cheapest to skip computing
+                model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
             valid = mask.to(device).float()
             count = valid.sum(dim=1)
             for measure in MEASURES:
@@ -152,16 +156,18 @@ def residual_projection(
     split_csv: str | os.PathLike,
     batch_size: int = 8,
     device: str = "auto",
+    threads: int | None = None,
+    prompts_per_label_per_area: int | None = None,
 ) -> pd.DataFrame:
     """Per measure, layer, label and position: mean |x . d_l| before and after the edit, and the ratio."""
     import gc
 
-    prompts = construction_prompts(split_csv)
+    prompts = construction_prompts(split_csv, prompts_per_label_per_area)
     directions = read_directions(directions_npz)
     measured = {}
     for condition, model_dir in (("baseline", model_dir_baseline), ("edited", model_dir_edited)):
         log.info("%s: %d construction prompts through %s", condition, len(prompts), model_dir)
-        model, tokenizer = load_model(model_dir, dtype="auto", device=device)
+        model, tokenizer = load_model(model_dir, dtype="auto", device=device, threads=threads)
         measured[condition] = layer_projections(
             model, tokenizer, prompts["prompt"].tolist(), directions, batch_size, str(directions_npz)
         )
@@ -264,10 +270,14 @@ def run_verify_edit(
     edit: str,
     batch_size: int = 8,
     device: str = "auto",
+    threads: int | None = None,
+    prompts_per_label_per_area: int | None = None,
 ) -> pd.DataFrame:
     from refusal_ablation.io import write_csv
 
-    frame = residual_projection(baseline_model, edited_model, directions_npz, split_csv, batch_size, device)
+    frame = residual_projection(
+        baseline_model, edited_model, directions_npz, split_csv, batch_size, device, threads, prompts_per_label_per_area
+    )
     write_csv(out_csv, frame)
     for measure, part in frame[frame["tokens"] == "last_prompt_token"].groupby("measure"):
         log.info(
