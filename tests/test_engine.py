@@ -192,6 +192,19 @@ def test_cuda_graph_engine_matches_generate_on_gpu():
     assert [got[i] for i in range(len(prompts))] == expected
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_engine_with_a_shared_prefix_matches_generate_on_gpu():
+    model = _sharpen(_gemma4_shared_kv(sliding_window=64)).to("cuda")
+    preamble = [random.Random(9).randrange(3, 96) for _ in range(12)]
+    prompts = [preamble + tokens for tokens in _prompts(model, seed=5)]
+    expected = _reference(model, prompts, CAPS, [])
+    decoder = _SlotDecoder(model, prompts, list(CAPS), [], 0, 3, cuda_graphs=True)
+    got = {r.index: (r.tokens, r.hit_limit) for r in decoder.run()}
+    assert decoder.graphs and decoder.shared is not None
+    assert [got[i] for i in range(len(prompts))] == expected
+
+
 @pytest.mark.parametrize("batch_size", [2, 7])
 @pytest.mark.parametrize("name", ["llama", "gemma4_shared_kv_wide_window"])
 def test_prompts_behind_a_shared_prefix_match_generate(name, batch_size, tmp_path):
