@@ -18,29 +18,11 @@ import pandas as pd
 
 from . import io
 from .modeling import encode_chat, load_model
-from .prefix import SharedPrefix, prefix_to_share
+from .prefix import SharedPrefix, left_padded_batch, prefix_to_share
 
 log = logging.getLogger(__name__)
 
 SPLIT_COLUMNS = ["id", "prompt", "label", "category", "split", "test_group"]
-
-
-def left_padded_batch(sequences: list[list[int]], pad_token_id: int):
-    """(input_ids, attention_mask, position_ids) with every sequence right-aligned.
-
-    Position ids count real tokens only, so a padded prompt sees exactly the positions it
-    would see alone.
-    """
-    import torch
-
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
-        attention[row, width - len(ids):] = 1
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-    return input_ids, attention, positions
 
 
 def extract_last_token_states(

@@ -33,7 +33,8 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
-from refusal_ablation.prefix import SharedPrefix, prefix_to_share
+from refusal_ablation.architecture import ArchitectureError, find_decoder_stack
+from refusal_ablation.prefix import SharedPrefix, left_padded_batch, prefix_to_share
 from refusal_ablation.runtime import RateLogger
 
 log = logging.getLogger(__name__)
@@ -143,13 +144,8 @@ def _iter_generate(model, prompts, caps, stop_ids, pad_token_id, batch_size) -> 
             for i in batch:
                 yield Finished(index=i, tokens=[], hit_limit=True)
             continue
-        width = max(len(prompts[i]) for i in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids = torch.as_tensor(prompts[i], dtype=torch.long)
-            input_ids[row, width - len(ids) :] = ids
-            attention[row, width - len(ids) :] = 1
+        input_ids, attention, _ = left_padded_batch([prompts[i] for i in batch], pad_token_id)
+        width = input_ids.shape[1]
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids.to(device),
@@ -165,27 +161,11 @@ def _iter_generate(model, prompts, caps, stop_ids, pad_token_id, batch_size) -> 
             yield Finished(index=i, tokens=tokens, hit_limit=hit)
 
 
-def decoder_layers(model):
-    """The decoder layers of a causal LM (``model.model.language_model.layers`` on Gemma 4)."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if isinstance(layers, torch.nn.ModuleList) and all(hasattr(m, "self_attn") for m in layers):
-        return layers
-    candidates = [
-        m
-        for m in model.modules()
-        if isinstance(m, torch.nn.ModuleList) and len(m) and all(hasattr(x, "self_attn") for x in m)
-    ]
-    if not candidates:
-        raise ValueError(f"no decoder layers with self_attn found in {type(model).__name__}")
-    return max(candidates, key=len)
-
-
 def continuous_unsupported_reason(model) -> str | None:
     """Why the continuous engine cannot reproduce ``model.generate`` greedy for this model, or None."""
     try:
-        layers = decoder_layers(model)
-    except ValueError as err:
+        layers = find_decoder_stack(model).layers
+    except ArchitectureError as err:
         return str(err)
     text_config = model.config.get_text_config()
     layer_types = getattr(text_config, "layer_types", None)
@@ -338,7 +318,7 @@ class _SlotDecoder:
         self.stop_ids, self.pad = stop_ids, int(pad_token_id)
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" and cuda_graphs is not False
-        layers = decoder_layers(model)
+        layers = find_decoder_stack(model).layers
         self.attn_configs = list({id(l.self_attn.config): l.self_attn.config for l in layers}.values())
         text_config = model.config.get_text_config()
         self.layer_types = getattr(text_config, "layer_types", None)
@@ -430,15 +410,8 @@ class _SlotDecoder:
                 logits_to_keep=1,
             )
             return out.logits[:, -1].argmax(-1).tolist(), out.past_key_values
-        width = max(len(self.prompts[i]) for i in indices)
-        ids = torch.full((len(indices), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            n = len(self.prompts[i])
-            ids[row, width - n :] = torch.as_tensor(self.prompts[i], dtype=torch.long)
-            mask[row, width - n :] = 1
         # positions count from each prompt's first real token, as model.generate does
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded_batch([self.prompts[i] for i in indices], self.pad)
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),

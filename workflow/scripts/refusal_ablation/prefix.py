@@ -52,6 +52,24 @@ def prefix_to_share(model, sequences: Sequence[Sequence[int]], minimum: int = MI
     return shared_prefix_length(sequences, minimum)
 
 
+def left_padded_batch(sequences: Sequence[Sequence[int]], pad_token_id: int):
+    """(input_ids, attention_mask, position_ids) with every sequence right-aligned.
+
+    Position ids count real tokens only, so a padded prompt sees exactly the positions it
+    would see alone.
+    """
+    import torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attention, positions
+
+
 class SharedPrefix:
     """The key/value cache of a token prefix, computed once, copied per batch."""
 
@@ -85,12 +103,6 @@ class SharedPrefix:
         import torch
 
         n = len(self.tokens)
-        width = max(len(s) for s in suffixes)
-        input_ids = torch.full((len(suffixes), width), pad_token_id, dtype=torch.long)
-        own = torch.zeros((len(suffixes), width), dtype=torch.long)
-        for row, ids in enumerate(suffixes):
-            input_ids[row, width - len(ids) :] = torch.as_tensor(ids, dtype=torch.long)
-            own[row, width - len(ids) :] = 1
-        positions = n + (own.cumsum(dim=1) - 1).clamp(min=0)
+        input_ids, own, positions = left_padded_batch(suffixes, pad_token_id)
         attention = torch.cat([torch.ones((len(suffixes), n), dtype=torch.long), own], dim=1)
-        return input_ids, attention, positions
+        return input_ids, attention, positions + n

@@ -33,6 +33,7 @@ import pandas as pd
 from refusal_ablation.edit import read_directions
 from refusal_ablation.io import InputError
 from refusal_ablation.modeling import encode_chat, load_model
+from refusal_ablation.prefix import left_padded_batch
 from refusal_ablation.runtime import RateLogger
 from refusal_ablation.split import CONSTRUCTION, LABELS, first_per_area_and_label, read_split
 
@@ -120,16 +121,12 @@ def layer_projections(
     try:
         for start in range(0, n, batch_size):
             batch = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                input_ids[row, width - len(encoded[i]) :] = torch.as_tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
+            input_ids, mask, positions = left_padded_batch([encoded[i] for i in batch], pad_id)
             captured["layer_writes"] = [None] * layers
             with torch.inference_mode():
                 # the hooks read everything needed; logits of one position are the cheapest to skip computing
-                model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False, **extra)
+                model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                      position_ids=positions.to(device), use_cache=False, **extra)
             valid = mask.to(device).float()
             count = valid.sum(dim=1)
             for measure in MEASURES:
