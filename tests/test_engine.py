@@ -9,6 +9,7 @@ the sliding window, so the ring buffer wraps. The reference is ``model.generate`
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 import torch
@@ -235,3 +236,33 @@ def test_sharing_stands_aside_when_prompts_outgrow_the_sliding_window():
     prompts = [[5] * 12 + [6], [5] * 12 + [7, 8]]
     assert prefix_to_share(model, prompts) == 0
     assert prefix_to_share(_gemma4_shared_kv(sliding_window=64), prompts) == 12
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="torch.compile on the CPU needs a C++ compiler"
+)
+def test_compiled_norms_compute_what_the_modules_compute():
+    """The CUDA-graph decode swaps each RMSNorm's forward for its class's forward, compiled."""
+    from refusal_ablation.engine import _fused_norm_forwards
+
+    model = _gemma4_shared_kv()
+    pairs = _fused_norm_forwards(model)
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+    assert [m for m, _ in pairs] == norms and len(norms) > 10
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for module, compiled in pairs[:: max(1, len(pairs) // 6)]:
+            width = module.weight.shape[0] if getattr(module, "weight", None) is not None else 16
+            for rows in (3, 5):
+                x = torch.randn(rows, 1, width, generator=gen)
+                torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-6)
+
+    # decoding with them in place (put in and taken out around each step) changes no token
+    model = _sharpen(model)
+    prompts = _prompts(model, seed=3)
+    expected = _reference(model, prompts, CAPS, [])
+    decoder = _SlotDecoder(model, prompts, list(CAPS), [], 0, 3, None)
+    decoder.fused_norms = _fused_norm_forwards(model)
+    got = {r.index: (r.tokens, r.hit_limit) for r in decoder.run()}
+    assert [got[i] for i in range(len(prompts))] == expected
+    assert not any("forward" in vars(m) for m in norms)

@@ -184,8 +184,8 @@ def run_reference(model, prompts, lengths, batch: int, steps: int, n_batches: in
             "tokens_per_s": sum(lengths) / total_s}
 
 
-def run_engine(model, prompts, lengths, batch_size, cost: StepCost, ceilings: dict) -> dict:
-    decoder = _SlotDecoder(model, prompts, lengths, [], 0, batch_size, cuda_graphs=None)
+def run_engine(model, prompts, lengths, batch_size, cost: StepCost, ceilings: dict, fuse_norms=None) -> dict:
+    decoder = _SlotDecoder(model, prompts, lengths, [], 0, batch_size, cuda_graphs=None, fuse_norms=fuse_norms)
     decoder.trace = []
     start = time.monotonic()
     results = {r.index: r for r in decoder.run()}
@@ -258,6 +258,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=int, default=4096)
     parser.add_argument("--batch-size", default="auto", help="engine batch size: 'auto' or an int")
     parser.add_argument("--extra-batch-sizes", default="", help="comma-separated engine batch sizes to also run")
+    parser.add_argument("--unfused-too", action="store_true",
+                        help="also run the engine without compiled RMSNorms, side by side")
     parser.add_argument("--reference-batches", type=int, default=2)
     parser.add_argument("--reference-steps", type=int, default=64)
     parser.add_argument("--agreement-prompts", type=int, default=8)
@@ -354,6 +356,9 @@ def main(argv=None) -> int:
     for extra in filter(None, args.extra_batch_sizes.split(",")):
         report[f"engine_batch_{extra}"] = run_engine(model, prompts, lengths, int(extra), cost, ceilings)
         log.info("engine batch %s: %s", extra, report[f"engine_batch_{extra}"])
+    if args.unfused_too:
+        report["engine_unfused"] = run_engine(model, prompts, lengths, batch_size, cost, ceilings, fuse_norms=False)
+        log.info("engine without compiled norms: %s", report["engine_unfused"])
 
     engine = report["engine"]
     # the reference experiment: both conditions, 440 prompts each, same mix, model load excluded
@@ -388,6 +393,12 @@ def main(argv=None) -> int:
                 f"{agree['identical']}/{agree['prompts']} identical to model.generate, mean common prefix "
                 f"{agree['mean_common_prefix']:.1f}; engine token is the argmax {agree['argmax_rate']:.1%}, "
                 f"max gap {agree['max_logit_gap']:.3f} (logit std {agree['logit_std']:.2f})")
+    if "engine_unfused" in report:
+        plain = report["engine_unfused"]
+        lines.append(f"engine without compiled RMSNorms: {plain['tokens_per_s']:.0f} tok/s, "
+                     f"{plain['bandwidth_fraction_decode']:.1%} of the bound over decode time "
+                     f"({plain['bandwidth_fraction_wall']:.1%} of wall); with them: x"
+                     f"{engine['tokens_per_s'] / plain['tokens_per_s']:.2f}")
     lines.append(f"engine tokens' logit gaps: {engine['logit_gaps_first_48_tokens_of_4_answers']}")
     lines.append(f"estimated generation time of the reference experiment (2 x 440 prompts, cap 4096, this mix): "
                  f"{report['estimate_reference_experiment_seconds'] / 60:.1f} min")
