@@ -206,6 +206,24 @@ def test_cuda_graph_engine_with_a_shared_prefix_matches_generate_on_gpu():
     assert [got[i] for i in range(len(prompts))] == expected
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_failing_norm_compilation_falls_back_to_eager_norms_on_gpu(caplog):
+    model = _sharpen(_gemma4_shared_kv()).to("cuda")
+    prompts = _prompts(model, seed=5)
+    expected = _reference(model, prompts, CAPS, [])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    decoder = _SlotDecoder(model, prompts, list(CAPS), [], 0, 3, cuda_graphs=True)
+    decoder.fused_norms = [(module, broken) for module, _ in decoder.fused_norms]
+    got = {r.index: (r.tokens, r.hit_limit) for r in decoder.run()}
+    assert decoder.graphs and decoder.fused_norms == []
+    assert "compiled RMSNorms failed" in caplog.text
+    assert [got[i] for i in range(len(prompts))] == expected
+
+
 @pytest.mark.parametrize("batch_size", [2, 7])
 @pytest.mark.parametrize("name", ["llama", "gemma4_shared_kv_wide_window"])
 def test_prompts_behind_a_shared_prefix_match_generate(name, batch_size, tmp_path):
