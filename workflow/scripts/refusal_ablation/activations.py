@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import sys
 import time
 
 import numpy as np
-import pandas as pd
 
 from . import io
 from .modeling import encode_chat, load_model
 from .prefix import SharedPrefix, left_padded_batch, prefix_to_share
+from .split import read_split
 
 log = logging.getLogger(__name__)
 
-SPLIT_COLUMNS = ["id", "prompt", "label", "category", "split", "test_group"]
 
 
 def extract_last_token_states(
@@ -76,20 +74,6 @@ def extract_last_token_states(
     result = np.stack(states).astype(np.float32, copy=False)
     log.info("extracted %s states for %d prompts in %.1f s", result.shape, len(prompts), time.monotonic() - start)
     return result
-
-
-def read_split(split_csv: str | os.PathLike) -> pd.DataFrame:
-    frame = pd.read_csv(split_csv, dtype={"id": str}, keep_default_na=False)
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise io.InputError(f"{split_csv}: missing columns {missing}")
-    empty = frame.index[frame["prompt"].astype(str).str.strip() == ""]
-    if len(empty):
-        raise io.InputError(f"{split_csv}: empty prompt in file line(s) {[int(i) + 2 for i in empty[:10]]}")
-    dup = frame.index[frame["id"].duplicated(keep=False)]
-    if len(dup):
-        raise io.InputError(f"{split_csv}: duplicate id(s) {sorted(set(frame.loc[dup, 'id']))[:10]}")
-    return frame
 
 
 def run_activations(split_csv, model_dir, out_npz, batch_size: int, device: str = "auto",

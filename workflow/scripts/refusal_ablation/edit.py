@@ -28,7 +28,6 @@ import gc
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 from torch import nn
 
 from refusal_ablation.architecture import REFERENCE_KINDS, norm_scale, residual_writers
-from refusal_ablation.io import InputError
+from refusal_ablation.io import InputError, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -308,9 +307,7 @@ def edit_checkpoint(
     original_norms = apply_edit(plan)
     check_edit(plan, original_norms)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
         log.info("saving to %s", tmp_dir)
         model.save_pretrained(tmp_dir)
         _copy_side_files(model_dir, tmp_dir)
@@ -335,10 +332,4 @@ def edit_checkpoint(
         )
         del reloaded
         gc.collect()
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp_dir, out_dir)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir)
     log.info("edited checkpoint written to %s", out_dir)

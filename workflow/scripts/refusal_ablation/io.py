@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -53,6 +54,34 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[Path]:
+    """Yield a fresh directory beside ``path``; it replaces ``path`` only on success.
+
+    A checkpoint directory is either the complete new one or what was there before, never
+    half written; the staging directory is removed if the block fails.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a model dir is shared like any output
+    try:
+        yield staging
+        if path.exists():
+            # a directory cannot be renamed onto a non-empty one: swap, then drop the old copy
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(staging, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

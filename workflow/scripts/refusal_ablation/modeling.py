@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
-from .io import InputError, sha256_file
+from .io import InputError, atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -60,34 +60,12 @@ def prepare_model(spec: dict, out_dir: str | os.PathLike,
     builders = {"huggingface": _prepare_huggingface, "gguf_package": _prepare_gguf_package, "local": _prepare_local}
     start = time.monotonic()
     log.info("preparing model %r from %s into %s", spec.get("name"), source, out_dir)
-    with _staging_dir(out_dir) as staging:
+    with atomic_dir(out_dir) as staging:
         provenance = builders[source](spec, staging, Path(downloads_dir))
         check_checkpoint(staging, f"prepared model from source {source!r}")
         provenance = {"spec": spec, **provenance, "transformers": _transformers_version()}
         (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     log.info("model ready in %s (%.1f s)", out_dir, time.monotonic() - start)
-
-
-@contextlib.contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a model dir is shared like any output
-    try:
-        yield staging
-        if out_dir.exists():
-            # a directory cannot be renamed onto a non-empty one: swap, then drop the old copy
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(staging, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
 
 
 def _require(spec: dict, key: str) -> str:

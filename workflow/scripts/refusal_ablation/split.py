@@ -191,14 +191,17 @@ def construction_area_names(split: pd.DataFrame) -> list[str]:
 
 
 def read_split(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``prompt_split.csv`` as strings (a prompt such as 'NA' stays text)."""
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    """Read ``prompt_split.csv`` as strings (a prompt such as 'NA' stays text), validated."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
     if missing:
-        raise InputError(f"{path}: missing column(s) {missing}")
+        raise InputError(f"{path}: missing columns {missing}")
     bad = frame.index[~frame["split"].isin([CONSTRUCTION, TEST])]
     if len(bad):
         raise InputError(f"{path}: 'split' must be construction or test; bad line(s) {_lines(bad + 2)}")
+    empty = frame.index[frame["prompt"].str.strip() == ""]
+    if len(empty):
+        raise InputError(f"{path}: empty prompt in file line(s) {[int(i) + 2 for i in empty[:10]]}")
     if frame["id"].duplicated().any():
         dup = frame.index[frame["id"].duplicated(keep=False)]
         raise InputError(f"{path}: duplicate prompt ids at line(s) {_lines(dup + 2)}")

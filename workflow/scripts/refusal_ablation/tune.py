@@ -14,23 +14,19 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .io import InputError, read_questions, write_csv
-from .split import first_per_area_and_label
+from .io import InputError, atomic_dir, read_questions, write_csv
+from .split import first_per_area_and_label, read_split
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the causal-LM loss skips
-SPLIT_COLUMNS = ("id", "prompt", "label", "category", "split")
 LOSS_COLUMNS = ["epoch", "step", "loss"]
 TUNE_KEYS = ("refusal", "epochs", "learning_rate", "batch_size", "safe_answer_tokens")
 REPORT_FILE = "refusal_tune.json"
@@ -49,16 +45,7 @@ class TrainingExample:
 
 def read_construction_rows(split_csv: str | os.PathLike) -> pd.DataFrame:
     """The construction-split rows of the split file (in file order), validated."""
-    frame = pd.read_csv(split_csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    missing = [c for c in SPLIT_COLUMNS if c not in frame.columns]
-    if missing:
-        raise InputError(f"{split_csv}: missing columns {missing}")
-    bad_split = frame.index[~frame["split"].isin(["construction", "test"])]
-    if len(bad_split):
-        raise InputError(
-            f"{split_csv}: column 'split' must be construction or test; bad rows (file lines) "
-            f"{[int(i) + 2 for i in bad_split[:10]]}"
-        )
+    frame = read_split(split_csv)
     rows = frame[frame["split"] == "construction"]
     if rows.empty:
         raise InputError(f"{split_csv}: no rows with split == 'construction' to tune on")
@@ -68,9 +55,6 @@ def read_construction_rows(split_csv: str | os.PathLike) -> pd.DataFrame:
             f"{split_csv}: column 'label' must be safe or unsafe; bad rows (file lines) "
             f"{[int(i) + 2 for i in bad_label[:10]]}"
         )
-    empty = rows.index[rows["prompt"].str.strip() == ""]
-    if len(empty):
-        raise InputError(f"{split_csv}: empty prompt in rows (file lines) {[int(i) + 2 for i in empty[:10]]}")
     for label in ("safe", "unsafe"):
         if not (rows["label"] == label).any():
             raise InputError(f"{split_csv}: the construction split has no '{label}' prompts")
@@ -287,19 +271,10 @@ def train(
 
 def save_checkpoint(model, tokenizer, out_dir: str | os.PathLike, report: dict) -> None:
     """Write safetensors + tokenizer + generation config to a temp dir, then rename it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, suffix=".part") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 # ---------------------------------------------------------------- the step
