@@ -19,6 +19,7 @@ include: "workflow/rules/construction.smk"
 include: "workflow/rules/answers.smk"
 include: "workflow/rules/judge.smk"
 include: "workflow/rules/stats.smk"
+include: "workflow/rules/cost.smk"
 
 
 # Cheap bookkeeping jobs run where Snakemake runs instead of waiting in a cluster queue.
@@ -34,6 +35,13 @@ localrules:
     judge_agreement,
     fetch_construction,
     benchmark_questions,
+    fetch_xstest,
+    xstest_questions,
+    kl_summary,
+    kl_comparisons,
+    compare_conditions,
+    xstest_stats,
+    tradeoff,
 
 
 rule all:

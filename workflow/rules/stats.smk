@@ -1,5 +1,6 @@
 rule stats:
     input:
+        unpack(cost_summary_inputs),
         baseline="results/judgments/{judge}/benchmark/baseline.csv",
         edited="results/judgments/{judge}/benchmark/edited_{edit}.csv",
         baseline_lengths="results/answers/benchmark/baseline.lengths.csv",

@@ -1,10 +1,18 @@
 """Snakemake adapter for rule `stats`: paired statistics of baseline vs edited judgments."""
 
 from refusal_ablation import edited_condition
+from refusal_ablation.cost import cost_sentences_from_files
 from refusal_ablation.runtime import job_logging
 from refusal_ablation.stats import write_stats
 
 with job_logging(snakemake.log[0]):
+    cost = cost_sentences_from_files(
+        snakemake.input.get("kl_summary"),
+        snakemake.input.get("xstest_comparisons"),
+        edited_condition(snakemake.wildcards.edit),
+        float(snakemake.params.alpha),
+        snakemake.wildcards.judge,
+    )
     write_stats(
         baseline_judgments=snakemake.input.baseline,
         edited_judgments=snakemake.input.edited,
@@ -22,5 +30,6 @@ with job_logging(snakemake.log[0]):
         bootstrap_resamples=int(snakemake.params.bootstrap_resamples),
         seed=int(snakemake.params.seed),
         edited_condition=edited_condition(snakemake.wildcards.edit),
+        extra_sentences=cost,
         title=f"Refusal ablation, edit '{snakemake.wildcards.edit}', judge '{snakemake.wildcards.judge}'",
     )

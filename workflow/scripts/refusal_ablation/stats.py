@@ -940,8 +940,11 @@ def write_stats(
     seed: int = 0,
     edited_condition: str | None = None,
     title: str | None = None,
+    extra_sentences: Sequence[str] = (),
 ) -> PairedJudgments:
-    """The `stats` rule: read, check and pair the judgments, write every table and the summary."""
+    """The `stats` rule: read, check and pair the judgments, write every table and the summary.
+
+    ``extra_sentences`` (e.g. the cost of the edit) follow the refusal result in the summary."""
     pairs = read_judgment_pair(
         baseline_judgments, edited_judgments, edited_condition=edited_condition, questions_jsonl=questions
     )
@@ -969,7 +972,7 @@ def write_stats(
     flips = flip_table(pairs)
     categories = per_category_table(pairs, alpha)
     lengths = answer_length_summary(length_tables)
-    sentences = summary_sentences(pairs, paired_frame, categories, lengths, alpha)
+    sentences = summary_sentences(pairs, paired_frame, categories, lengths, alpha) + list(extra_sentences)
     title = title or f"Refusal ablation: {pairs.edited_condition} vs {pairs.baseline_condition}"
 
     write_csv(overall, overall_frame)
