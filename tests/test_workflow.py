@@ -95,17 +95,43 @@ def test_reference_dag_builds_offline(tmp_path):
         "stats",
         "figures",
         "direction_figures",
+        "fetch_xstest",
+        "xstest_questions",
+        "kl_divergence",
+        "kl_summary",
+        "compare_conditions",
+        "xstest_stats",
+        "tradeoff",
     ):
         assert rule in jobs, f"{rule} missing from the reference DAG: {jobs}"
     assert "refusal_tune" not in jobs and "judge_strmatch" not in jobs
-    assert jobs["generate_answers"] == 2  # baseline + one edit, one shard each
+    # benchmark and XSTest: baseline + one edit; held-out prompts: the baseline only (its own
+    # answers to the held-out safe prompts are what KL is teacher-forced along); one shard each
+    assert jobs["generate_answers"] == 2 + 2 + 1
+    assert jobs["kl_divergence"] == 2  # one edit x (held-out safe, XSTest safe)
+    assert jobs["judge_official"] == 2  # benchmark and XSTest
+
+
+# The demo run uses two edit variants (config/demo.yaml plus a second method), so that one run
+# also covers the edit-against-edit comparisons; config/demo.yaml alone is the one-edit demo.
+DEMO_CONFIG = "config/demo_two_edits.yaml"
+DEMO_EDITS = ["reference", "norm_aware"]
+
+
+def write_two_edit_config(work: Path) -> Path:
+    config = yaml.safe_load((work / "config/demo.yaml").read_text())
+    config["edit"]["methods"] = DEMO_EDITS
+    path = work / DEMO_CONFIG
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """Run the whole demo DAG once in a temporary copy of the repository."""
+    """Run the whole demo DAG once, with two edits, in a temporary copy of the repository."""
     work = copy_repo(tmp_path_factory.mktemp("demo") / "repo")
-    result = snakemake(work, "--configfile", "config/demo.yaml", "--cores", "2")
+    write_two_edit_config(work)
+    result = snakemake(work, "--configfile", DEMO_CONFIG, "--cores", "2")
     if result.returncode != 0:
         logs = "\n".join(
             f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log"))
@@ -122,7 +148,7 @@ def _png(path: Path) -> None:
 @pytest.mark.slow
 def test_demo_produces_every_declared_output(demo_run):
     work = demo_run
-    result = snakemake(work, "--configfile", "config/demo.yaml", "--summary")
+    result = snakemake(work, "--configfile", DEMO_CONFIG, "--summary")
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in result.stdout.splitlines()[1:] if "\t" in line]
     assert len(rows) > 30
@@ -168,7 +194,7 @@ def test_demo_edit_lowers_refusal(demo_run):
 
 @pytest.mark.slow
 def test_changing_alpha_reruns_only_what_depends_on_it(demo_run, tmp_path):
-    config = yaml.safe_load((demo_run / "config/demo.yaml").read_text())
+    config = yaml.safe_load((demo_run / DEMO_CONFIG).read_text())
     config["stats"]["alpha"] = 0.1
     changed = demo_run / "config" / "demo_alpha.yaml"
     # keep the key order, as a user editing one value would: Snakemake compares dict params
@@ -177,13 +203,15 @@ def test_changing_alpha_reruns_only_what_depends_on_it(demo_run, tmp_path):
     result = snakemake(demo_run, "-n", "--configfile", str(changed), "--cores", "2")
     assert result.returncode == 0, result.stderr
     jobs = scheduled_jobs(result.stdout)
-    assert set(jobs) - {"all"} <= {"stats", "heldout_stats", "figures"}, jobs
+    depends_on_alpha = {"stats", "heldout_stats", "figures", "kl_summary", "kl_comparisons", "compare_conditions",
+                        "xstest_stats", "tradeoff"}
+    assert set(jobs) - {"all"} <= depends_on_alpha, jobs
     assert "stats" in jobs
 
 
 @pytest.mark.slow
 def test_rerun_without_changes_has_nothing_to_do(demo_run):
-    result = snakemake(demo_run, "-n", "--configfile", "config/demo.yaml", "--cores", "2")
+    result = snakemake(demo_run, "-n", "--configfile", DEMO_CONFIG, "--cores", "2")
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -198,10 +226,62 @@ def test_edit_variants_share_one_baseline(tmp_path):
     result = snakemake(work, "-n", "--configfile", "config/two_edits.yaml", "--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = scheduled_jobs(result.stdout)
-    promptsets = 2  # benchmark + held-out check
+    promptsets = 3  # benchmark + held-out check + XSTest stand-in
     assert jobs["edit_model"] == 2 and jobs["verify_edit"] == 2
     assert jobs["generate_answers"] == (1 + 2) * promptsets
     assert jobs["judge_strmatch"] == (1 + 2) * promptsets
     assert jobs["stats"] == 2 and jobs["figures"] == 2
+    assert jobs["kl_divergence"] == 2 * 2 and jobs["kl_summary"] == 2 and jobs["kl_comparisons"] == 1
+    assert jobs["compare_conditions"] == 2  # benchmark and XSTest: edit against edit
+    assert jobs["xstest_stats"] == 1 and jobs["tradeoff"] == 1
     baseline_jobs = re.findall(r"output: results/answers/benchmark/baseline/shard", result.stdout)
     assert len(baseline_jobs) == 1
+
+
+@pytest.mark.slow
+def test_demo_measures_the_cost_of_every_edit(demo_run):
+    """KL tables per edit and harmless prompt set, XSTest over-refusal, edit against edit, trade-off."""
+    work = demo_run
+    safe = {"heldout": 0, "xstest": 0}
+    for promptset in safe:
+        questions = [json.loads(line) for line in (work / f"results/questions/{promptset}.jsonl").read_text().splitlines()]
+        safe[promptset] = sum(q["label"] == "safe" for q in questions)
+    assert safe["xstest"] == 20
+    for edit in DEMO_EDITS:
+        for promptset, n_safe in safe.items():
+            kl = pd.read_csv(work / f"results/cost/{edit}/kl_{promptset}.csv")
+            assert list(kl.columns) == ["question_id", "prompt_id", "promptset", "category", "kl_first",
+                                        "kl_answer_mean", "kl_answer_max", "tokens"]
+            assert len(kl) == n_safe and (kl["promptset"] == promptset).all()
+            assert (kl[["kl_first", "kl_answer_mean", "kl_answer_max"]] >= 0).all().all()
+            assert (kl["kl_answer_max"] >= kl["kl_answer_mean"] - 1e-12).all()
+            assert kl["kl_answer_mean"].mean() > 0  # the edit moved the model
+            assert kl["tokens"].max() <= 32
+        summary = pd.read_csv(work / f"results/cost/{edit}/kl_summary.csv")
+        assert {"all"} < set(summary["category"]) and set(summary["promptset"]) == set(safe)
+        _png(work / f"results/figures/cost/{edit}/kl_ecdf.png")
+        text = (work / f"results/stats/strmatch/{edit}/summary.md").read_text()
+        assert "KL(baseline || edited)" in text and "XSTest" in text
+
+    refusal = pd.read_csv(work / "results/stats/strmatch/xstest/refusal.csv")
+    assert set(refusal["condition"]) == {"baseline", *(f"edited_{e}" for e in DEMO_EDITS)}
+    assert set(refusal["label"]) == {"safe", "unsafe"}
+    assert (refusal[refusal["label"] == "safe"]["n"] + refusal[refusal["label"] == "safe"]["n_missing"] == 20).all()
+    per_type = pd.read_csv(work / "results/stats/strmatch/xstest/per_type.csv")
+    assert per_type["type"].nunique() >= 10
+
+    pair = ("edited_reference", "edited_norm_aware")
+    for promptset in ("benchmark", "xstest"):
+        comparisons = pd.read_csv(work / f"results/stats/strmatch/comparisons/{promptset}.csv")
+        found = comparisons[comparisons["condition_a"].isin(pair) & comparisons["condition_b"].isin(pair)]
+        assert len(found) >= 1, comparisons
+        row = found.iloc[0]
+        cells = row[["both_comply", "a_refuses_b_complies", "a_complies_b_refuses", "both_refuse"]].sum()
+        assert cells == row["n_pairs"] and 0 <= row["mcnemar_p"] <= 1
+    kl_pairs = pd.read_csv(work / "results/cost/kl_comparisons.csv")
+    assert set(kl_pairs["promptset"]) == set(safe) and len(kl_pairs) == 2 * 3
+
+    tradeoff = pd.read_csv(work / "results/stats/strmatch/tradeoff.csv")
+    assert sorted(tradeoff["edit"]) == sorted(DEMO_EDITS)
+    assert tradeoff[["benchmark_refusal_change", "kl_answer_mean_heldout", "xstest_safe_refusal_change"]].notna().all().all()
+    _png(work / "results/figures/strmatch/tradeoff.png")

@@ -64,7 +64,9 @@ def xstest_csv():
 
 def kl_tables_by_edit(wildcards):
     return {
-        edit: expand(f"results/cost/{edit}/kl_{{promptset}}.csv", promptset=KL_PROMPTSETS)
+        edit: expand(
+            f"results/cost/{edit}/kl_{{promptset}}.csv", promptset=KL_PROMPTSETS
+        )
         for edit in EDITS
     }
 
