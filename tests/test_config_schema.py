@@ -52,3 +52,30 @@ def test_bad_config_names_the_key(mutate, fragment):
     with pytest.raises(WorkflowError) as err:
         validate(config, schema=SCHEMA)
     assert fragment in str(err.value)
+
+
+def test_reference_config_measures_the_cost_with_the_pinned_xstest():
+    cost = load("config.yaml")["cost"]
+    assert cost["enabled"] is True
+    assert cost["kl"]["max_tokens"] == 256 and cost["kl"]["promptsets"] == ["heldout", "xstest"]
+    assert cost["xstest"]["sha256"] == "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a"
+    assert "paul-rottger/exaggerated-safety/d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/xstest_prompts.csv" in (
+        cost["xstest"]["url"]
+    )
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda c: c["cost"]["kl"].update(resident="yes"), "resident"),
+        (lambda c: c["cost"]["kl"].update(promptsets=["benchmark"]), "promptsets"),
+        (lambda c: c["cost"]["xstest"].pop("sha256"), "sha256"),
+        (lambda c: c["cost"].pop("kl"), "kl"),
+    ],
+)
+def test_bad_cost_config_names_the_key(mutate, fragment):
+    config = copy.deepcopy(load("config.yaml"))
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert fragment in str(err.value)

@@ -63,8 +63,9 @@ def xstest_csv():
 
 
 def kl_tables_by_edit(wildcards):
+    # keys prefixed: an edit's name alone could shadow an attribute of Snakemake's input list
     return {
-        edit: expand(
+        f"kl_{edit}": expand(
             f"results/cost/{edit}/kl_{{promptset}}.csv", promptset=KL_PROMPTSETS
         )
         for edit in EDITS

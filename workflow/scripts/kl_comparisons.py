@@ -6,7 +6,7 @@ from refusal_ablation.runtime import job_logging
 
 with job_logging(snakemake.log[0]):
     write_kl_comparisons(
-        kl_csvs={edited_condition(e): list(snakemake.input[e]) for e in snakemake.params.edits},
+        kl_csvs={edited_condition(e): list(snakemake.input[f"kl_{e}"]) for e in snakemake.params.edits},
         out_csv=snakemake.output.comparisons,
         alpha=float(snakemake.params.alpha),
         resamples=int(snakemake.params.bootstrap_resamples),
