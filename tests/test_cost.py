@@ -130,7 +130,12 @@ def test_kl_summary_has_mean_median_and_bootstrap_intervals():
     assert row["mean"] == pytest.approx(0.4) and row["median"] == pytest.approx(0.2)
     assert row["mean_ci_low"] <= row["mean"] <= row["mean_ci_high"]
     assert 0.0 <= row["mean_ci_low"] and row["mean_ci_high"] <= 1.4
+    assert row["n_categories"] == 2
+    assert row["mean_category_ci_low"] <= row["mean"] <= row["mean_category_ci_high"]
+    # two categories: a resample is a alone (mean 0.05), b alone (0.633) or both pooled (0.4)
+    assert row["mean_category_ci_low"] == pytest.approx(0.05) and row["mean_category_ci_high"] == pytest.approx(1.9 / 3)
     b = frame[(frame["category"] == "b") & (frame["measure"] == "kl_answer_max")].iloc[0]
+    assert math.isnan(b["mean_category_ci_low"])
     assert b["n_prompts"] == 3 and b["mean"] == pytest.approx(2 * 1.9 / 3)
     assert all(math.isnan(v) for v in bootstrap_interval([1.0], np.mean, 0.05, 100, 0))
 

@@ -63,9 +63,24 @@ def bootstrap_interval(values: Sequence[float], statistic, alpha: float, resampl
     return (float(low), float(high))
 
 
+def category_bootstrap_mean(categories: Sequence[str], values: Sequence[float], alpha: float, resamples: int,
+                            seed: int) -> tuple[float, float]:
+    """Percentile interval of the mean, resampling whole categories (prompts of one policy area
+    or XSTest type are not independent); nan below 2 categories."""
+    frame = pd.DataFrame({"category": list(map(str, categories)), "value": np.asarray(values, dtype=float)})
+    per_category = frame.groupby("category", sort=True)["value"].agg(["sum", "count"])
+    if len(per_category) < 2:
+        return (math.nan, math.nan)
+    drawn = np.random.default_rng(seed).integers(0, len(per_category), size=(resamples, len(per_category)))
+    means = per_category["sum"].to_numpy()[drawn].sum(axis=1) / per_category["count"].to_numpy()[drawn].sum(axis=1)
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return (float(low), float(high))
+
+
 def kl_summary(tables: Sequence[pd.DataFrame], alpha: float, resamples: int, seed: int) -> pd.DataFrame:
     """Mean and median of each KL measure with bootstrap intervals over prompts, per prompt
-    set overall and per category (policy area / XSTest type)."""
+    set overall and per category (policy area / XSTest type); the overall mean also gets an
+    interval from a bootstrap over whole categories."""
     rows = []
     level = _level(alpha)
     for table in tables:
@@ -76,6 +91,10 @@ def kl_summary(tables: Sequence[pd.DataFrame], alpha: float, resamples: int, see
                 values = part[measure].to_numpy()
                 mean_low, mean_high = bootstrap_interval(values, np.mean, alpha, resamples, seed)
                 median_low, median_high = bootstrap_interval(values, np.median, alpha, resamples, seed)
+                cluster_low, cluster_high = (
+                    category_bootstrap_mean(part["category"], values, alpha, resamples, seed)
+                    if group == "all" else (math.nan, math.nan)
+                )
                 rows.append(
                     {
                         "promptset": promptset,
@@ -88,9 +107,12 @@ def kl_summary(tables: Sequence[pd.DataFrame], alpha: float, resamples: int, see
                         "median": float(np.median(values)),
                         "median_ci_low": median_low,
                         "median_ci_high": median_high,
+                        "mean_category_ci_low": cluster_low,
+                        "mean_category_ci_high": cluster_high,
+                        "n_categories": int(part["category"].nunique()),
                         "mean_tokens": float(part["tokens"].mean()),
-                        "method": f"percentile bootstrap over prompts {level}, {resamples} resamples, seed {seed}; "
-                        "KL(P_baseline || P_edited) in nats",
+                        "method": f"percentile bootstrap over prompts {level}, {resamples} resamples, seed {seed} "
+                        "(mean_category_ci: over whole categories); KL(P_baseline || P_edited) in nats",
                     }
                 )
     return pd.DataFrame(rows)
