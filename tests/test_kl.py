@@ -88,6 +88,8 @@ def test_kl_is_zero_when_the_edit_changes_nothing(setup):
     for measure in ("kl_first", "kl_answer_mean", "kl_answer_max"):
         assert frame[measure].abs().max() < 1e-6, frame
     assert list(frame["tokens"]) == [8, 8, 0]  # capped at max_tokens; the empty answer gives none
+    # the recorded lengths (here: the byte-level encodings) are kept beside
+    assert list(frame["generated_tokens"]) == [len(QUESTIONS[0][2]), len(QUESTIONS[2][2]), 0]
 
 
 def _hand_kl(base, edited, prompt_ids, answer_ids):

@@ -251,7 +251,7 @@ def test_demo_measures_the_cost_of_every_edit(demo_run):
         for promptset, n_safe in safe.items():
             kl = pd.read_csv(work / f"results/cost/{edit}/kl_{promptset}.csv")
             assert list(kl.columns) == ["question_id", "prompt_id", "promptset", "category", "kl_first",
-                                        "kl_answer_mean", "kl_answer_max", "tokens"]
+                                        "kl_answer_mean", "kl_answer_max", "tokens", "generated_tokens"]
             assert len(kl) == n_safe and (kl["promptset"] == promptset).all()
             assert (kl[["kl_first", "kl_answer_mean", "kl_answer_max"]] >= 0).all().all()
             assert (kl["kl_answer_max"] >= kl["kl_answer_mean"] - 1e-12).all()

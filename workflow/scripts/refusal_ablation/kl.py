@@ -16,7 +16,9 @@ holding the baseline's log-probabilities of one chunk in host memory in between.
 
 The answer tokens are the stored answer text re-encoded without special tokens: the answer
 files keep text, not ids. Where that gives another length than generation recorded, the
-count is logged (a tokenizer whose decode/encode round trip is not exact).
+count is logged (a tokenizer whose decode/encode round trip is not exact, or an answer whose
+leading whitespace generation stripped); ``generated_tokens`` keeps the recorded length beside
+``tokens`` for every prompt.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ KL_COLUMNS = [
     "kl_answer_mean",
     "kl_answer_max",
     "tokens",
+    "generated_tokens",
 ]
 RESIDENT_CHOICES = ("auto", "both", "alternate")
 
@@ -292,6 +295,7 @@ def run_kl(
                 "kl_answer_mean": mean,
                 "kl_answer_max": peak,
                 "tokens": len(ids),
+                "generated_tokens": recorded.get(q["question_id"], -1),
             }
             for q, ids, (first, mean, peak) in zip(questions, answers, results)
         ],
