@@ -57,6 +57,17 @@ def refusal_counts(root: Path) -> list[str]:
         for row in csv.DictReader(heldout.open()):
             if row["estimate"] == "refusal_rate":
                 lines.append(f"held-out {row['label']}, {row['condition']}: {row['count']}/{row['n']} refused")
+    xstest = root / "results/stats/strmatch/xstest/refusal.csv"
+    if xstest.is_file():
+        for row in csv.DictReader(xstest.open()):
+            lines.append(f"XSTest stand-in {row['label']}, {row['condition']}: {row['refusals']}/{row['n']} refused")
+    kl = root / "results/cost/reference/kl_summary.csv"
+    if kl.is_file():
+        for row in csv.DictReader(kl.open()):
+            if row["category"] == "all" and row["measure"] in ("kl_first", "kl_answer_mean"):
+                lines.append(f"KL {row['measure']} on {row['n_prompts']} {row['promptset']} safe prompts: mean "
+                             f"{float(row['mean']):.3g} nats ({float(row['mean_ci_low']):.3g} to "
+                             f"{float(row['mean_ci_high']):.3g}), median {float(row['median']):.3g}")
     return lines
 
 
