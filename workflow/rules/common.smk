@@ -1,12 +1,26 @@
+import re
+import sys
+from pathlib import Path
+
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# the library's own checks and expansions, where the schema cannot say enough
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+from refusal_ablation.variants import VariantError, edit_variants
+
+try:
+    EDIT_VARIANTS = edit_variants(config["edit"])
+except VariantError as error:
+    raise ValueError(f"config: {error}") from None
 
 
 MODEL_NAME = config["model"]["name"]
 PREPARED_MODEL = f"resources/models/{MODEL_NAME}"
 TUNED_MODEL = f"resources/models/{MODEL_NAME}-refusal-tuned"
-EDITS = list(config["edit"]["methods"])
+# every edit variant by name: reference, norm_aware_s050, ... (refusal_ablation.variants)
+EDITS = list(EDIT_VARIANTS)
 CONDITIONS = ["baseline"] + [f"edited_{edit}" for edit in EDITS]
 PROMPTSETS = ["benchmark"] + (["heldout"] if config["heldout_check"] else [])
 JUDGES = list(config["judges"])
@@ -19,7 +33,7 @@ THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores
 
 wildcard_constraints:
     condition=r"baseline|edited_[A-Za-z0-9_]+",
-    edit=r"[A-Za-z0-9_]+",
+    edit="|".join(map(re.escape, EDITS)),
     promptset=r"benchmark|heldout",
     judge=r"[A-Za-z0-9_]+",
     shard=r"\d+",
@@ -43,6 +57,24 @@ def model_for_condition(wildcards):
     if wildcards.condition == "baseline":
         return baseline_model()
     return f"results/models/{wildcards.condition}"
+
+
+def edit_variant(wildcards):
+    return EDIT_VARIANTS[wildcards.edit]
+
+
+def edit_arditi_layer(wildcards):
+    """Only arditi variants read edit.arditi_layer, so only they rerun when it changes."""
+    if EDIT_VARIANTS[wildcards.edit]["method"] != "arditi":
+        return None
+    return config["edit"].get("arditi_layer")
+
+
+def edit_restore_norms(wildcards):
+    """Only norm_aware variants read edit.restore_norms (reference always, arditi never restores)."""
+    if EDIT_VARIANTS[wildcards.edit]["method"] != "norm_aware":
+        return None
+    return config["edit"]["restore_norms"]
 
 
 def construction_csv():

@@ -59,9 +59,9 @@ rule edit_model:
         "../envs/torch.yaml"
     threads: THREADS_PER_JOB
     params:
-        method="{edit}",
-        restore_norms=lookup(dpath="edit/restore_norms", within=config),
-        arditi_layer=lookup(dpath="edit/arditi_layer", within=config),
+        variant=edit_variant,
+        restore_norms=edit_restore_norms,
+        arditi_layer=edit_arditi_layer,
     script:
         "../scripts/edit_model.py"
 
