@@ -29,6 +29,20 @@ GPUS_PER_JOB = int(config["compute"]["gpus_per_job"])
 # jobs that can run beside other jobs (activations, edit, answers, verify) take this many
 # threads; prepare_model and refusal_tune, which nothing can run beside, take every core
 THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores
+# Arditi-style selection of the single direction, when edit.selection leaves keys out
+SELECTION_DEFAULTS = {
+    "kl_threshold": 0.1,
+    "max_layer_fraction": 0.8,
+    "refusal_prefixes": [
+        "I'm sorry",
+        "I cannot",
+        "I can't",
+        "Sorry",
+        "I apologize",
+        "As an AI",
+    ],
+    "prompts_per_label_per_area": None,
+}
 
 
 wildcard_constraints:
@@ -77,6 +91,21 @@ def edit_restore_norms(wildcards):
     return config["edit"]["restore_norms"]
 
 
+def arditi_selection_needed():
+    """Arditi variants pick their layer by selection unless edit.arditi_layer fixes it."""
+    has_arditi = any(v["method"] == "arditi" for v in EDIT_VARIANTS.values())
+    return has_arditi and config["edit"].get("arditi_layer") is None
+
+
+def edit_selection_input(wildcards):
+    if (
+        EDIT_VARIANTS[wildcards.edit]["method"] == "arditi"
+        and arditi_selection_needed()
+    ):
+        return "results/directions/arditi_selection.json"
+    return []
+
+
 def construction_csv():
     if config["construction"]["source"] == "local":
         return config["construction"]["path"]
@@ -103,6 +132,8 @@ def final_targets():
         "results/figures/directions/direction_stability.png",
         "results/figures/directions/layer_separation.png",
     ]
+    if arditi_selection_needed():
+        targets.append("results/figures/directions/arditi_selection.png")
     for edit in EDITS:
         targets.append(f"results/verify/{edit}/residual_projection.png")
     for judge in JUDGES:

@@ -113,6 +113,31 @@ rule direction_figures:
         "../scripts/direction_figures.py"
 
 
+rule arditi_selection_figure:
+    input:
+        table="results/directions/arditi_selection.csv",
+    output:
+        png=report(
+            "results/figures/directions/arditi_selection.png",
+            caption="../report/arditi_selection.rst",
+            category="Refusal direction",
+            labels={"result": "Figure: single-direction selection"},
+        ),
+        svg="results/figures/directions/arditi_selection.svg",
+    log:
+        "logs/arditi_selection_figure.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        kl_threshold=lookup(
+            dpath="edit/selection/kl_threshold",
+            within=config,
+            default=SELECTION_DEFAULTS["kl_threshold"],
+        ),
+    script:
+        "../scripts/selection_figure.py"
+
+
 rule figures:
     input:
         overall="results/stats/{judge}/{edit}/overall.csv",
