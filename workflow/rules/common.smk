@@ -142,6 +142,8 @@ def final_targets():
             targets.append(f"results/figures/{judge}/{edit}/overall_compliance.png")
             if config["heldout_check"]:
                 targets.append(f"results/stats/{judge}/{edit}/heldout.csv")
+    if len(EDITS) > 1:
+        targets += [f"results/figures/{judge}/dose_response.png" for judge in JUDGES]
     if len(JUDGES) > 1:
         targets += [f"results/stats/judge_agreement/{p}.csv" for p in PROMPTSETS]
     return targets
