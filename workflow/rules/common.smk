@@ -1,12 +1,26 @@
+import re
+import sys
+from pathlib import Path
+
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
+
+# the library's own checks and expansions, where the schema cannot say enough
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+from refusal_ablation.variants import VariantError, edit_variants
+
+try:
+    EDIT_VARIANTS = edit_variants(config["edit"])
+except VariantError as error:
+    raise ValueError(f"config: {error}") from None
 
 
 MODEL_NAME = config["model"]["name"]
 PREPARED_MODEL = f"resources/models/{MODEL_NAME}"
 TUNED_MODEL = f"resources/models/{MODEL_NAME}-refusal-tuned"
-EDITS = list(config["edit"]["methods"])
+# every edit variant by name: reference, norm_aware_s050, ... (refusal_ablation.variants)
+EDITS = list(EDIT_VARIANTS)
 CONDITIONS = ["baseline"] + [f"edited_{edit}" for edit in EDITS]
 PROMPTSETS = ["benchmark"] + (["heldout"] if config["heldout_check"] else [])
 # the cost of the edit: KL on harmless prompt sets, over-refusal on XSTest (answered like the benchmark)
@@ -20,12 +34,26 @@ GPUS_PER_JOB = int(config["compute"]["gpus_per_job"])
 # jobs that can run beside other jobs (activations, edit, answers, verify) take this many
 # threads; prepare_model and refusal_tune, which nothing can run beside, take every core
 THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores
+# Arditi-style selection of the single direction, when edit.selection leaves keys out
+SELECTION_DEFAULTS = {
+    "kl_threshold": 0.1,
+    "max_layer_fraction": 0.8,
+    "refusal_prefixes": [
+        "I'm sorry",
+        "I cannot",
+        "I can't",
+        "Sorry",
+        "I apologize",
+        "As an AI",
+    ],
+    "prompts_per_label_per_area": None,
+}
 
 
 wildcard_constraints:
     condition=r"baseline|edited_[A-Za-z0-9_]+",
-    edit=r"[A-Za-z0-9_]+",
-    promptset=r"benchmark|heldout|xstest",
+    edit="|".join(map(re.escape, EDITS)),
+    promptset="|".join(PROMPTSETS),
     judge=r"[A-Za-z0-9_]+",
     shard=r"\d+",
     nshards=r"\d+",
@@ -48,6 +76,39 @@ def model_for_condition(wildcards):
     if wildcards.condition == "baseline":
         return baseline_model()
     return f"results/models/{wildcards.condition}"
+
+
+def edit_variant(wildcards):
+    return EDIT_VARIANTS[wildcards.edit]
+
+
+def edit_arditi_layer(wildcards):
+    """Only arditi variants read edit.arditi_layer, so only they rerun when it changes."""
+    if EDIT_VARIANTS[wildcards.edit]["method"] != "arditi":
+        return None
+    return config["edit"].get("arditi_layer")
+
+
+def edit_restore_norms(wildcards):
+    """Only norm_aware variants read edit.restore_norms (reference always, arditi never restores)."""
+    if EDIT_VARIANTS[wildcards.edit]["method"] != "norm_aware":
+        return None
+    return config["edit"]["restore_norms"]
+
+
+def arditi_selection_needed():
+    """Arditi variants pick their layer by selection unless edit.arditi_layer fixes it."""
+    has_arditi = any(v["method"] == "arditi" for v in EDIT_VARIANTS.values())
+    return has_arditi and config["edit"].get("arditi_layer") is None
+
+
+def edit_selection_input(wildcards):
+    if (
+        EDIT_VARIANTS[wildcards.edit]["method"] == "arditi"
+        and arditi_selection_needed()
+    ):
+        return "results/directions/arditi_selection.json"
+    return []
 
 
 def construction_csv():
@@ -131,6 +192,8 @@ def final_targets():
         "results/figures/directions/direction_stability.png",
         "results/figures/directions/layer_separation.png",
     ]
+    if arditi_selection_needed():
+        targets.append("results/figures/directions/arditi_selection.png")
     for edit in EDITS:
         targets.append(f"results/verify/{edit}/residual_projection.png")
     for judge in JUDGES:
@@ -139,6 +202,8 @@ def final_targets():
             targets.append(f"results/figures/{judge}/{edit}/overall_compliance.png")
             if config["heldout_check"]:
                 targets.append(f"results/stats/{judge}/{edit}/heldout.csv")
+    if len(EDITS) > 1:
+        targets += [f"results/figures/{judge}/dose_response.png" for judge in JUDGES]
     if len(JUDGES) > 1:
         targets += [f"results/stats/judge_agreement/{p}.csv" for p in PROMPTSETS]
     return targets + cost_targets()

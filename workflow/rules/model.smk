@@ -39,10 +39,44 @@ rule refusal_tune:
         "../scripts/refusal_tune.py"
 
 
+rule select_arditi_direction:
+    input:
+        model=baseline_model(),
+        directions="results/directions/refusal_directions.npz",
+        split="results/split/prompt_split.csv",
+    output:
+        table=report(
+            "results/directions/arditi_selection.csv",
+            caption="../report/arditi_selection.rst",
+            category="Refusal direction",
+            labels={"result": "Table: single-direction selection"},
+        ),
+        record="results/directions/arditi_selection.json",
+    log:
+        "logs/select_arditi_direction.log",
+    benchmark:
+        "benchmarks/select_arditi_direction.tsv"
+    priority: 10
+    conda:
+        "../envs/torch.yaml"
+    threads: THREADS_PER_JOB
+    resources:
+        gpu=GPUS_PER_JOB,
+    params:
+        selection=lookup(
+            dpath="edit/selection", within=config, default=SELECTION_DEFAULTS
+        ),
+        batch_size=lookup(dpath="activations/batch_size", within=config),
+        device=lookup(dpath="compute/device", within=config),
+    script:
+        "../scripts/select_direction.py"
+
+
 rule edit_model:
     input:
         model=baseline_model(),
         directions="results/directions/refusal_directions.npz",
+        selection=edit_selection_input,
     output:
         model=(
             directory("results/models/edited_{edit}")
@@ -59,9 +93,9 @@ rule edit_model:
         "../envs/torch.yaml"
     threads: THREADS_PER_JOB
     params:
-        method="{edit}",
-        restore_norms=lookup(dpath="edit/restore_norms", within=config),
-        arditi_layer=lookup(dpath="edit/arditi_layer", within=config),
+        variant=edit_variant,
+        restore_norms=edit_restore_norms,
+        arditi_layer=edit_arditi_layer,
     script:
         "../scripts/edit_model.py"
 

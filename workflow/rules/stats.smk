@@ -114,6 +114,72 @@ rule direction_figures:
         "../scripts/direction_figures.py"
 
 
+rule dose_response:
+    input:
+        baseline="results/judgments/{judge}/benchmark/baseline.csv",
+        edited=expand("results/judgments/{{judge}}/benchmark/edited_{edit}.csv", edit=EDITS),
+        verify=expand("results/verify/{edit}/residual_projection.csv", edit=EDITS),
+    output:
+        table=report(
+            "results/stats/{judge}/dose_response.csv",
+            caption="../report/dose_response.rst",
+            category="Edit variants",
+            subcategory="{judge} judge",
+            labels={"result": "Table: every edit variant"},
+        ),
+        adjacent=report(
+            "results/stats/{judge}/dose_response_adjacent.csv",
+            caption="../report/dose_response.rst",
+            category="Edit variants",
+            subcategory="{judge} judge",
+            labels={"result": "Table: neighbouring strengths"},
+        ),
+        png=report(
+            "results/figures/{judge}/dose_response.png",
+            caption="../report/dose_response.rst",
+            category="Edit variants",
+            subcategory="{judge} judge",
+            labels={"result": "Figure: refusal and leakage against edit scale"},
+        ),
+        svg="results/figures/{judge}/dose_response.svg",
+    log:
+        "logs/dose_response/{judge}.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    params:
+        variants=EDIT_VARIANTS,
+        alpha=lookup(dpath="stats/alpha", within=config),
+    script:
+        "../scripts/dose_response.py"
+
+
+rule arditi_selection_figure:
+    input:
+        table="results/directions/arditi_selection.csv",
+    output:
+        png=report(
+            "results/figures/directions/arditi_selection.png",
+            caption="../report/arditi_selection.rst",
+            category="Refusal direction",
+            labels={"result": "Figure: single-direction selection"},
+        ),
+        svg="results/figures/directions/arditi_selection.svg",
+    log:
+        "logs/arditi_selection_figure.log",
+    localrule: True
+    conda:
+        "../envs/stats.yaml"
+    params:
+        kl_threshold=lookup(
+            dpath="edit/selection/kl_threshold",
+            within=config,
+            default=SELECTION_DEFAULTS["kl_threshold"],
+        ),
+    script:
+        "../scripts/selection_figure.py"
+
+
 rule figures:
     input:
         overall="results/stats/{judge}/{edit}/overall.csv",

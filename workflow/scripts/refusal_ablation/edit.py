@@ -17,6 +17,11 @@ Methods (``edit_checkpoint(method=...)``):
   preservation (Arditi et al. 2024, "Refusal in language models is mediated by a single
   direction").
 
+Every method also takes a variant's ``scale`` s (``W <- W - s d d^T W`` before the norm
+restoration; 1.0 is the full edit, 0.0 changes nothing), ``layers`` (which decoder layers'
+matrices are edited) and ``components`` (which write paths: ``attention``, ``mlp``,
+``per_layer_input``, ``embedding``); see ``refusal_ablation.variants``.
+
 The checkpoint is written to a temporary directory beside ``out_dir``, reloaded and checked
 (no component along the edit direction, column norms kept where they should be) and only
 then renamed into place, so a failed or wrong edit never looks like a finished output.
@@ -37,6 +42,7 @@ from torch import nn
 
 from refusal_ablation.architecture import REFERENCE_KINDS, norm_scale, residual_writers
 from refusal_ablation.io import InputError, atomic_dir
+from refusal_ablation.variants import METHOD_COMPONENTS, selected_layers
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +59,15 @@ class EditError(RuntimeError):
     """The edit could not be applied, or the saved checkpoint does not hold it."""
 
 
-def project_out(weight: torch.Tensor, direction, restore_norms: bool = True, name: str = "matrix") -> torch.Tensor:
-    """``(I - d d^T) W`` for a ``[out, in]`` weight whose columns live in d's space.
+def project_out(
+    weight: torch.Tensor, direction, restore_norms: bool = True, name: str = "matrix", scale: float = 1.0
+) -> torch.Tensor:
+    """``(I - s d d^T) W`` for a ``[out, in]`` weight whose columns live in d's space.
 
     Computed in float32 and cast back to the weight's dtype. With ``restore_norms`` every
     column is rescaled to its original L2 norm; a non-zero column that collapses (it lay
-    along d) raises, naming ``name`` and the columns.
+    along d) raises, naming ``name`` and the columns. ``scale`` s = 1 is the full projection;
+    s = 0 returns the weight unchanged, bit for bit.
     """
     weight32 = weight.detach().float()
     d = torch.as_tensor(direction, dtype=torch.float32, device=weight32.device).reshape(-1)
@@ -69,7 +78,9 @@ def project_out(weight: torch.Tensor, direction, restore_norms: bool = True, nam
         raise ValueError(f"{name}: direction is zero or not finite")
     d = d / d_norm
     along_d = d.unsqueeze(0) @ weight32  # [1, in]: each column's component along d
-    edited = weight32 - d.unsqueeze(1) @ along_d
+    if scale == 0:
+        return weight.detach().clone()
+    edited = weight32 - d.unsqueeze(1) @ (scale * along_d)
     if restore_norms:
         old_norms = torch.linalg.vector_norm(weight32, dim=0, keepdim=True)
         new_norms = torch.linalg.vector_norm(edited, dim=0, keepdim=True)
@@ -94,6 +105,20 @@ class PlannedEdit:
     restore_norms: bool
     rows_are_outputs: bool = False  # the embedding stores one written vector per row
     layer: int | None = None
+    scale: float = 1.0
+    original_along: torch.Tensor | None = None  # each column's component along d before the edit
+
+    def expected_along(self, original_norms: torch.Tensor) -> torch.Tensor:
+        """Each column's component along d that the edit must leave (0 for the full edit)."""
+        if self.scale == 1 or self.original_along is None:
+            return torch.zeros_like(original_norms)
+        a = self.original_along
+        kept = (1 - self.scale) * a
+        if not self.restore_norms:
+            return kept
+        # the column w = a d + w_perp becomes c (w_perp + (1 - s) a d) with |.| = |w|
+        shrunk = (original_norms.square() - a.square() + kept.square()).clamp_min(0).sqrt()
+        return torch.where(shrunk > 0, kept * original_norms / shrunk.clamp_min(1e-30), kept)
 
     def output_major(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """The weight as [hidden, n]: one written vector per column."""
@@ -120,10 +145,15 @@ def plan_edit(
     restore_norms: bool = True,
     arditi_layer: int | None = None,
     source: str = "directions",
+    scale: float = 1.0,
+    layers="all",
+    components=None,
 ) -> list[PlannedEdit]:
     """Which weights an edit method changes, and the unit vector each one loses.
 
-    ``source`` names where ``directions`` came from, for error messages.
+    ``source`` names where ``directions`` came from, for error messages. ``layers`` and
+    ``components`` restrict the method's matrices (see ``refusal_ablation.variants``);
+    ``components=None`` is the method's own set.
     """
     if method not in METHODS:
         raise ValueError(f"unknown edit method {method!r}; known: {', '.join(METHODS)}")
@@ -134,44 +164,46 @@ def plan_edit(
             f"{source}: directions have shape {directions.shape}, the model has {len(stack)} decoder layers "
             f"of hidden size {stack.hidden_size} ({stack.layers_name})"
         )
+    wanted = set(components or METHOD_COMPONENTS[method])
+    chosen_layers = set(selected_layers(layers, len(stack)))
     per_layer = [_unit(torch.as_tensor(row, dtype=torch.float32)) for row in directions]
+    if method == "arditi":
+        chosen = _arditi_layer(len(stack), arditi_layer)
+        log.info("arditi edit: direction of layer %d removed everywhere", chosen)
+        per_layer = [per_layer[chosen]] * len(per_layer)
+    # the reference and arditi edits keep their published norm handling
+    keep_norms = {"reference": True, "norm_aware": restore_norms, "arditi": False}[method]
     plan: list[PlannedEdit] = []
-    if method == "reference":
-        for writers in structure.writers:
-            for writer in writers:
-                if writer.kind in REFERENCE_KINDS:
-                    plan.append(
-                        PlannedEdit(
-                            f"{writer.name}.weight",
-                            writer.linear.weight,
-                            per_layer[writer.layer],
-                            True,
-                            layer=writer.layer,
-                        )
-                    )
-    elif method == "norm_aware":
-        for writers in structure.writers:
-            for writer in writers:
-                d = per_layer[writer.layer]
-                if writer.norm is not None:
-                    w = norm_scale(writer.norm, stack.hidden_size, writer.norm_name).cpu()
-                    scaled = w * d
-                    if torch.linalg.vector_norm(scaled) == 0:
-                        raise EditError(f"{writer.norm_name}: scale is zero wherever the direction is not")
-                    d = _unit(scaled)
-                plan.append(
-                    PlannedEdit(f"{writer.name}.weight", writer.linear.weight, d, restore_norms, layer=writer.layer)
-                )
-    else:
-        layer = _arditi_layer(len(stack), arditi_layer)
-        d = per_layer[layer]
-        log.info("arditi edit: direction of layer %d removed everywhere", layer)
+    if "embedding" in wanted:
+        # what the embedding writes enters before layer 0, so it loses layer 0's direction
         plan.append(
-            PlannedEdit(f"{stack.embedding_name}.weight", stack.embedding.weight, d, False, rows_are_outputs=True)
+            PlannedEdit(
+                f"{stack.embedding_name}.weight",
+                stack.embedding.weight,
+                per_layer[0],
+                keep_norms,
+                rows_are_outputs=True,
+                scale=scale,
+            )
         )
-        for writers in structure.writers:
-            for writer in writers:
-                plan.append(PlannedEdit(f"{writer.name}.weight", writer.linear.weight, d, False, layer=writer.layer))
+    for writers in structure.writers:
+        for writer in writers:
+            if writer.kind not in wanted or writer.layer not in chosen_layers:
+                continue
+            d = per_layer[writer.layer]
+            if method == "norm_aware" and writer.norm is not None:
+                w = norm_scale(writer.norm, stack.hidden_size, writer.norm_name).cpu()
+                scaled = w * d
+                if torch.linalg.vector_norm(scaled) == 0:
+                    raise EditError(f"{writer.norm_name}: scale is zero wherever the direction is not")
+                d = _unit(scaled)
+            plan.append(
+                PlannedEdit(f"{writer.name}.weight", writer.linear.weight, d, keep_norms, layer=writer.layer, scale=scale)
+            )
+    if not plan:
+        raise EditError(
+            f"{method} edit with components {sorted(wanted)} on layers {layers!r} selects no weight matrix of this model"
+        )
     return plan
 
 
@@ -186,13 +218,16 @@ def apply_edit(plan: list[PlannedEdit]) -> dict[str, torch.Tensor]:
                 last_layer = item.layer
             outputs = item.output_major()
             original_norms[item.name] = torch.linalg.vector_norm(outputs.float(), dim=0).cpu()
-            edited = project_out(outputs, item.direction.to(outputs.device), item.restore_norms, item.name)
+            direction = item.direction.to(outputs.device)
+            item.original_along = (direction.unsqueeze(0) @ outputs.detach().float()).squeeze(0).cpu()
+            edited = project_out(outputs, direction, item.restore_norms, item.name, item.scale)
             item.weight.copy_(edited.T if item.rows_are_outputs else edited)
     return original_norms
 
 
 def check_edit(plan: list[PlannedEdit], original_norms: dict[str, torch.Tensor]) -> None:
-    """Raise unless every planned weight has no component along its direction (and kept norms).
+    """Raise unless every planned weight has the component along its direction that the edit
+    leaves (none for the full edit; ``(1 - s)`` of it, rescaled, for a scale s) and kept norms.
 
     Tolerances follow the storage dtype: a value rounded to unit roundoff r changes
     ``u . w`` by at most ``r * sum_i |u_i w_i|`` and a column norm by at most ``r`` relative.
@@ -202,14 +237,15 @@ def check_edit(plan: list[PlannedEdit], original_norms: dict[str, torch.Tensor])
         outputs = item.output_major().detach().float()
         u = item.direction.to(outputs.device)
         roundoff = torch.finfo(item.weight.dtype).eps / 2
-        along = (u.unsqueeze(0) @ outputs).squeeze(0).abs()
         norms = torch.linalg.vector_norm(outputs, dim=0)
+        expected = item.expected_along(original_norms[item.name].to(norms.device)).to(norms.device)
+        along = ((u.unsqueeze(0) @ outputs).squeeze(0) - expected).abs()
         bound = 2 * roundoff * (u.abs().unsqueeze(0) @ outputs.abs()).squeeze(0) + 1e-5 * norms
         worst = int(torch.argmax(along - bound))
         if along[worst] > bound[worst]:
             problems.append(
                 f"{item.name}: column {worst} keeps a component {along[worst]:.3g} along the edit "
-                f"direction (column norm {norms[worst]:.3g}, allowed {bound[worst]:.3g})"
+                f"direction beyond the {float(expected[worst]):.3g} the edit leaves (column norm {norms[worst]:.3g}, allowed {bound[worst]:.3g})"
             )
         if item.restore_norms:
             before = original_norms[item.name].to(norms.device)
@@ -292,8 +328,14 @@ def edit_checkpoint(
     method: str,
     restore_norms: bool = True,
     arditi_layer: int | None = None,
+    scale: float = 1.0,
+    layers="all",
+    components=None,
 ) -> None:
-    """Edit ``model_dir`` with ``method``, save to ``out_dir`` (safetensors), reload and check."""
+    """Edit ``model_dir`` with ``method``, save to ``out_dir`` (safetensors), reload and check.
+
+    ``scale``, ``layers`` and ``components`` are an edit variant's (``refusal_ablation.variants``).
+    """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if method not in METHODS:
         raise ValueError(f"unknown edit method {method!r}; known: {', '.join(METHODS)}")
@@ -302,10 +344,19 @@ def edit_checkpoint(
     directions = read_directions(directions_npz)
     log.info("loading %s", model_dir)
     model = load_checkpoint(model_dir)
-    plan = plan_edit(model, directions, method, restore_norms, arditi_layer, str(directions_npz))
-    log.info("%s edit: %d weight matrices (restore_norms=%s)", method, len(plan), plan[0].restore_norms)
+    variant = {"scale": scale, "layers": layers, "components": components}
+    plan = plan_edit(model, directions, method, restore_norms, arditi_layer, str(directions_npz), **variant)
+    log.info(
+        "%s edit: %d weight matrices (restore_norms=%s, scale=%g, layers=%s)",
+        method,
+        len(plan),
+        plan[-1].restore_norms,
+        scale,
+        layers,
+    )
     original_norms = apply_edit(plan)
     check_edit(plan, original_norms)
+    original_along = {item.name: item.original_along for item in plan}
 
     with atomic_dir(out_dir) as tmp_dir:
         log.info("saving to %s", tmp_dir)
@@ -319,6 +370,8 @@ def edit_checkpoint(
                 "method": method,
                 "restore_norms": plan[-1].restore_norms,
                 "arditi_layer": _arditi_layer(len(directions), arditi_layer) if method == "arditi" else None,
+                "scale": scale,
+                "layers": sorted({item.layer for item in plan if item.layer is not None}),
                 "edited_weights": [item.name for item in plan],
             },
         )
@@ -327,9 +380,10 @@ def edit_checkpoint(
 
         log.info("reloading the saved checkpoint to check the edit")
         reloaded = load_checkpoint(tmp_dir)
-        check_edit(
-            plan_edit(reloaded, directions, method, restore_norms, arditi_layer, str(directions_npz)), original_norms
-        )
-        del reloaded
+        reloaded_plan = plan_edit(reloaded, directions, method, restore_norms, arditi_layer, str(directions_npz), **variant)
+        for item in reloaded_plan:
+            item.original_along = original_along[item.name]
+        check_edit(reloaded_plan, original_norms)
+        del reloaded, reloaded_plan
         gc.collect()
     log.info("edited checkpoint written to %s", out_dir)
