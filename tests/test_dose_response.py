@@ -103,3 +103,39 @@ def test_mismatched_inputs_are_named(files, tmp_path):
     short = write(tmp_path / "short.csv", "edited_reference_s100", FULL[:8])
     with pytest.raises(InputError, match="different questions"):
         dose_response_tables(VARIANTS, files["baseline"], {"reference_s050": files["reference_s050"], "reference_s100": short})
+
+
+def test_cost_columns_join_from_the_tradeoff_table(files, tmp_path):
+    tradeoff = pd.DataFrame(
+        {
+            "edit": ["reference_s100", "reference_s050"],
+            "condition": ["edited_reference_s100", "edited_reference_s050"],
+            "benchmark_refusal_change": [-0.7, -0.4],
+            "kl_answer_mean_heldout": [0.30, 0.10],
+            "kl_answer_mean_heldout_ci_low": [0.20, 0.05],
+            "kl_answer_mean_heldout_ci_high": [0.40, 0.15],
+            "xstest_safe_refusal_change": [-0.1, 0.0],
+            "xstest_safe_ci_low": [-0.2, -0.1],
+            "xstest_safe_ci_high": [0.0, 0.1],
+        }
+    )
+    tradeoff.to_csv(tmp_path / "tradeoff.csv", index=False)
+    table = write_dose_response(
+        VARIANTS,
+        files["baseline"],
+        {e: files[e] for e in VARIANTS},
+        None,
+        tmp_path / "dose.csv",
+        tmp_path / "adjacent.csv",
+        [tmp_path / "dose.png"],
+        alpha=0.05,
+        title="test",
+        tradeoff_csv=tmp_path / "tradeoff.csv",
+    )
+    rows = table.set_index("edit")
+    assert rows.loc["reference_s050", "kl_answer_mean_heldout"] == 0.10
+    assert rows.loc["reference_s100", "xstest_safe_refusal_change"] == -0.1
+    assert "benchmark_refusal_change" not in table  # the benchmark change is computed here, not copied
+    tradeoff[tradeoff["edit"] == "reference_s100"].to_csv(tmp_path / "short.csv", index=False)
+    with pytest.raises(InputError, match=r"short.csv: no row for edit\(s\) \['reference_s050'\]"):
+        dose_response_tables(VARIANTS, files["baseline"], {e: files[e] for e in VARIANTS}, tradeoff_csv=tmp_path / "short.csv")

@@ -117,8 +117,13 @@ rule direction_figures:
 rule dose_response:
     input:
         baseline="results/judgments/{judge}/benchmark/baseline.csv",
-        edited=expand("results/judgments/{{judge}}/benchmark/edited_{edit}.csv", edit=EDITS),
+        edited=expand(
+            "results/judgments/{{judge}}/benchmark/edited_{edit}.csv", edit=EDITS
+        ),
         verify=expand("results/verify/{edit}/residual_projection.csv", edit=EDITS),
+        tradeoff=lambda wildcards: (
+            f"results/stats/{wildcards.judge}/tradeoff.csv" if COST else []
+        ),
     output:
         table=report(
             "results/stats/{judge}/dose_response.csv",

@@ -14,5 +14,6 @@ with job_logging(snakemake.log[0]):
         adjacent_csv=snakemake.output.adjacent,
         figure_paths=[snakemake.output.png, snakemake.output.svg],
         alpha=float(snakemake.params.alpha),
-        title=f"Edit strength and refusal ({snakemake.wildcards.judge} judge)",
+        title=f"Edit strength: refusal, leakage and cost ({snakemake.wildcards.judge} judge)",
+        tradeoff_csv=snakemake.input.get("tradeoff"),
     )

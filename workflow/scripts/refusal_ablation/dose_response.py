@@ -4,7 +4,9 @@ One row per edit variant (``refusal_ablation.variants``) with its method, scale,
 and write paths; its refusal rate on the benchmark with a Wilson interval; the paired change
 against the baseline (exact McNemar p, paired Wald interval); and the direction it leaves in
 what each layer writes to the residual stream (median over layers of ``verify_edit``'s
-edited/baseline ratio at the last prompt token). A second table compares neighbouring
+edited/baseline ratio at the last prompt token). When the cost of the edit is measured, the
+per-variant columns of the trade-off table join it (mean answer KL per harmless prompt set
+and the change in over-refusal on XSTest's safe prompts, each with its interval). A second table compares neighbouring
 strengths of the same method and band (is scale 0.5 already as effective as 1.0?) with the
 same paired statistics, on the questions both variants have a parsable judgment for.
 """
@@ -84,12 +86,25 @@ def _layers_text(layers) -> str:
     return layers if isinstance(layers, str) else ",".join(map(str, layers))
 
 
+def _with_cost(table: pd.DataFrame, tradeoff_csv) -> pd.DataFrame:
+    """The trade-off table's KL and XSTest columns, joined on the edit name."""
+    cost = pd.read_csv(tradeoff_csv)
+    if "edit" not in cost:
+        raise InputError(f"{tradeoff_csv}: no 'edit' column")
+    missing = sorted(set(table["edit"]) - set(cost["edit"]))
+    if missing:
+        raise InputError(f"{tradeoff_csv}: no row for edit(s) {missing}")
+    keep = ["edit"] + [c for c in cost.columns if c.startswith(("kl_", "xstest_"))]
+    return table.merge(cost[keep], on="edit", how="left")
+
+
 def dose_response_tables(
     variants: Mapping[str, dict],
     baseline_judgments: str | os.PathLike,
     edited_judgments: Mapping[str, str | os.PathLike],
     verify_tables: Mapping[str, str | os.PathLike] | None = None,
     alpha: float = 0.05,
+    tradeoff_csv: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The per-variant table and the neighbouring-strength comparisons (see the module docstring)."""
     if set(edited_judgments) != set(variants):
@@ -126,6 +141,8 @@ def dose_response_tables(
             }
         )
     table = pd.DataFrame(rows, columns=DOSE_COLUMNS)
+    if tradeoff_csv:
+        table = _with_cost(table, tradeoff_csv)
     adjacent = []
     for (method, layers, components), group in table.groupby(["method", "layers", "components"], sort=False):
         group = group.sort_values("scale")
@@ -155,32 +172,52 @@ def dose_response_tables(
     return table, pd.DataFrame(adjacent, columns=ADJACENT_COLUMNS)
 
 
+def _panels(table: pd.DataFrame) -> list[tuple[str, str, str | None, str | None]]:
+    """(column, axis label, low column, high column) for each panel the table can fill."""
+    panels = [("refusal_rate", "refusal rate on the benchmark\n(95% Wilson)", "refusal_ci_low", "refusal_ci_high")]
+    if table["layer_writes_ratio_median"].notna().any():
+        panels.append(
+            ("layer_writes_ratio_median", "component along d left in layer\nwrites (median, edited/baseline)", None, None)
+        )
+    if "xstest_safe_refusal_change" in table:
+        panels.append(
+            ("xstest_safe_refusal_change", "over-refusal change on XSTest\nsafe prompts (paired Wald)", "xstest_safe_ci_low", "xstest_safe_ci_high")
+        )
+    for column in table.columns:
+        if column.startswith("kl_answer_mean_") and not column.endswith(("_ci_low", "_ci_high")):
+            promptset = column.removeprefix("kl_answer_mean_")
+            panels.append((column, f"mean answer KL, {promptset}\n(95% bootstrap)", f"{column}_ci_low", f"{column}_ci_high"))
+    return panels
+
+
 def plot_dose_response(table: pd.DataFrame, baseline_rate: float, out_paths, title: str) -> None:
     from .figures import EDITED_COLOURS, save_figure
 
     import matplotlib.pyplot as plt
 
-    has_leakage = table["layer_writes_ratio_median"].notna().any()
-    fig, axes = plt.subplots(1, 2 if has_leakage else 1, figsize=(10 if has_leakage else 5.5, 4), squeeze=False)
-    refusal_ax = axes[0, 0]
-    refusal_ax.axhline(baseline_rate, color="grey", ls="--", label="baseline")
-    for colour, ((method, layers), group) in zip(
-        EDITED_COLOURS * 4, table.groupby(["method", "layers"], sort=False)
-    ):
-        group = group.sort_values("scale")
-        label = method if layers == "all" else f"{method}, layers {layers}"
-        errors = [group["refusal_rate"] - group["refusal_ci_low"], group["refusal_ci_high"] - group["refusal_rate"]]
-        refusal_ax.errorbar(group["scale"], group["refusal_rate"], yerr=errors, marker="o", capsize=3, color=colour, label=label)
-        if has_leakage:
-            axes[0, 1].plot(group["scale"], group["layer_writes_ratio_median"], marker="s", color=colour, label=label)
-    refusal_ax.set_xlabel("edit scale s  (W - s d d^T W)")
-    refusal_ax.set_ylabel("refusal rate on the benchmark (95% Wilson)")
-    refusal_ax.set_ylim(-0.02, 1.02)
-    refusal_ax.legend(fontsize=8)
-    if has_leakage:
-        axes[0, 1].set_xlabel("edit scale s")
-        axes[0, 1].set_ylabel("component along d left in layer writes\n(median over layers, edited / baseline)")
-        axes[0, 1].set_ylim(bottom=0)
+    panels = _panels(table)
+    columns = min(len(panels), 3)
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.8 * rows), squeeze=False)
+    groups = list(table.groupby(["method", "layers"], sort=False))
+    for ax, (column, label, low, high) in zip(axes.flat, panels):
+        if column == "refusal_rate":
+            ax.axhline(baseline_rate, color="grey", ls="--", label="baseline")
+            ax.set_ylim(-0.02, 1.02)
+        elif column.startswith("xstest"):
+            ax.axhline(0, color="grey", lw=0.8)
+        for colour, ((method, layers), group) in zip(EDITED_COLOURS * 4, groups):
+            group = group.sort_values("scale")
+            name = method if layers == "all" else f"{method}, layers {layers}"
+            errors = None
+            if low and high and low in group and high in group:
+                errors = [(group[column] - group[low]).clip(lower=0), (group[high] - group[column]).clip(lower=0)]
+            ax.errorbar(group["scale"], group[column], yerr=errors, marker="o", capsize=3, color=colour, label=name)
+        ax.set_xlabel("edit scale s  (W - s d d^T W)")
+        ax.set_ylabel(label)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, out_paths)
@@ -196,8 +233,11 @@ def write_dose_response(
     figure_paths,
     alpha: float,
     title: str,
+    tradeoff_csv=None,
 ) -> pd.DataFrame:
-    table, adjacent = dose_response_tables(variants, baseline_judgments, edited_judgments, verify_tables, alpha)
+    table, adjacent = dose_response_tables(
+        variants, baseline_judgments, edited_judgments, verify_tables, alpha, tradeoff_csv
+    )
     write_csv(table_csv, table)
     write_csv(adjacent_csv, adjacent)
     baseline = _scores(baseline_judgments, CONDITION_BASELINE).dropna()
