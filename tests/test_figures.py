@@ -51,6 +51,23 @@ def drawn(tmp_path_factory):
     return SimpleNamespace(stats=stats, outputs=outputs, tmp_path=tmp_path)
 
 
+def test_figures_are_byte_identical_between_renders(drawn, tmp_path):
+    outputs = {name: [tmp_path / f"{name}.png", tmp_path / f"{name}.svg"] for name in FIGURES}
+    write_figures(
+        overall_csv=drawn.stats / "overall.csv",
+        paired_csv=drawn.stats / "paired.csv",
+        flip_table_csv=drawn.stats / "flip_table.csv",
+        per_category_csv=drawn.stats / "per_category.csv",
+        baseline_lengths=drawn.tmp_path / "baseline.lengths.csv",
+        edited_lengths=drawn.tmp_path / f"{EDITED}.lengths.csv",
+        subtitle="edit: reference; judge: strmatch",
+        **{name: outputs[name] for name in FIGURES},
+    )
+    for name in FIGURES:
+        for again, first in zip(outputs[name], drawn.outputs[name]):
+            assert again.read_bytes() == first.read_bytes(), again.name
+
+
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_png_is_a_non_blank_image(drawn, name):
     png = drawn.outputs[name][0]

@@ -31,7 +31,10 @@ def _status(exc: BaseException) -> int | None:
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    from huggingface_hub import constants
+
+    set_here = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return set_here or bool(constants.HF_HUB_OFFLINE)
 
 
 def failure_reason(exc: BaseException) -> str:
