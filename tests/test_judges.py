@@ -142,7 +142,7 @@ def test_judge_strmatch_refuses_answers_of_another_condition(tmp_path):
     write_jsonl(questions, QUESTIONS)
     answers = tmp_path / "baseline.jsonl"
     write_jsonl(answers, [answer_record(q, "edited_reference", "ok") for q in (1, 2, 3)])
-    with pytest.raises(InputError, match=r"baseline.jsonl, record 1: model_id is 'edited_reference'"):
+    with pytest.raises(InputError, match=r"baseline.jsonl, answer to question \d+: model_id is 'edited_reference'"):
         judge_strmatch(questions, answers, "baseline", tmp_path / "out.csv")
 
 

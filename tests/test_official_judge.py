@@ -431,7 +431,7 @@ def test_judge_official_checks_the_pinned_judge_prompt(judge_inputs, tmp_path, p
 
 def test_judge_official_rejects_answers_of_another_model(judge_inputs, tmp_path):
     write_answers(judge_inputs["answers"]["baseline"], "gemma_baseline", ANSWERS["baseline"])
-    with pytest.raises(InputError, match=r"baseline.jsonl, record 1: model_id is 'gemma_baseline'"):
+    with pytest.raises(InputError, match=r"baseline.jsonl, answer to question \d+: model_id is 'gemma_baseline'"):
         judge_official(
             judge_inputs["questions"],
             judge_inputs["answers"],
