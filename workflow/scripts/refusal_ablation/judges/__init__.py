@@ -61,7 +61,8 @@ def answers_by_question(answers_path: str | os.PathLike, questions: list[dict], 
         if record["model_id"] != condition:
             raise InputError(
                 f"{answers_path}, answer to question {record['question_id']}: model_id is "
-                f"'{record['model_id']}', expected the condition name '{condition}' (the official judge keys judgments by model_id)"
+                f"'{record['model_id']}', expected the condition name '{condition}' "
+                f"(the official judge keys judgments by model_id)"
             )
     problem = id_mismatch((q["question_id"] for q in questions), [r["question_id"] for r in records])
     if problem:
