@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -69,10 +70,19 @@ def atomic_dir(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[Pa
     """Yield a fresh directory beside ``path``; it replaces ``path`` only on success.
 
     A checkpoint directory is either the complete new one or what was there before, never
-    half written; the staging directory is removed if the block fails.
+    half written; the staging directory is removed if the block fails. Staging directories
+    of this target left by a killed process (no ``finally`` ran) are removed first: only one
+    job at a time writes a given output.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    leftovers = list(path.parent.glob(f".{path.name}.*{suffix}"))
+    if path.exists():  # an old copy whose swap was cut short is only stale once a new one is in place
+        leftovers += path.parent.glob(f".{path.name}.old-*")
+    for stale in leftovers:
+        if stale.is_dir():
+            logging.getLogger(__name__).warning("removing %s, left by an interrupted run", stale)
+            shutil.rmtree(stale)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
     staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it owner-only; a model dir is shared like any output
     try:
