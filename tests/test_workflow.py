@@ -353,3 +353,19 @@ def test_a_failed_run_leaves_no_edited_checkpoint_and_says_what_to_do(tmp_path):
     assert "HF_HUB_OFFLINE is set" in log and "To do:" in log
     assert not leftover.exists()
     assert "removed the temporary edited checkpoint" in result.stderr
+
+
+def test_reference_dry_run_checks_the_downloaded_construction_hash(tmp_path):
+    """With the construction CSV already downloaded, a wrong construction.sha256 fails the
+    dry run (before, the split job deleted the finished split and then failed)."""
+    import hashlib
+
+    work = copy_repo(tmp_path / "repo")
+    url = yaml.safe_load((work / "config/config.yaml").read_text())["construction"]["url"]
+    downloaded = work / "resources/construction" / hashlib.sha256(url.encode()).hexdigest()[:12]
+    downloaded.mkdir(parents=True)
+    shutil.copy(work / "resources/demo/construction_prompts.csv", downloaded / "construction_prompts.csv")
+    result = snakemake(work, "-n", "--cores", "4")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config construction.sha256" in output and "SHA-256 mismatch" in output, output[-3000:]
