@@ -207,21 +207,13 @@ def duplicate_weight_patterns(repo_files: list[str]) -> list[str]:
     return ["*.bin", "*.pt", "*.pth", "*.ckpt", "consolidated.safetensors", "original/*"]
 
 
-def gated_access_message(repo_id: str, revision: str, token_set: bool, exc: BaseException | None = None) -> str:
-    """The shared Hub failure message (``hub.py``) for the judge weights; gated unless ``exc`` says otherwise."""
-    from huggingface_hub.errors import GatedRepoError
-
+def judge_download_message(repo_id: str, revision: str, token_set: bool, exc: BaseException) -> str:
+    """The shared Hub failure message (``hub.py``) for the judge weights."""
     from ..hub import hub_failure_message
 
-    message = hub_failure_message(
-        exc if exc is not None else GatedRepoError("gated"),
-        "the SORRY-Bench judge",
-        repo_id,
-        revision,
-        token_set,
-        config_key="official_judge.judge_model",
+    return hub_failure_message(
+        exc, "the SORRY-Bench judge", repo_id, revision, token_set, config_key="official_judge.judge_model"
     )
-    return message
 
 
 def download_judge(
@@ -257,7 +249,7 @@ def download_judge(
     except Exception as exc:
         reason = failure_reason(exc)
         error = GatedAccessError if reason in ("gated", "not_found") else HubAccessError
-        raise error(gated_access_message(repo_id, revision, token is not None, exc)) from None
+        raise error(judge_download_message(repo_id, revision, token is not None, exc)) from None
     if not (partial / "config.json").is_file():
         raise InputError(f"{repo_id} at {revision}: the download in {partial} has no config.json")
     if destination.exists():
