@@ -9,7 +9,11 @@ CORES ?= all
 .PHONY: demo test lint report clean-demo
 
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
+	@$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES) || { \
+	  echo "make demo: the workflow stopped; the error and the log to read are above. Fix the cause and rerun"; \
+	  echo "'make demo': finished jobs are kept. If an earlier run was killed and Snakemake reports a locked"; \
+	  echo "directory, run '$(BIN)/snakemake --configfile config/demo.yaml --unlock' once first."; \
+	  exit 1; }
 
 test: $(VENV)/.installed
 	$(BIN)/pytest

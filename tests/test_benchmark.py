@@ -10,6 +10,7 @@ from refusal_ablation.benchmark import (
     gather_answers,
     heldout_questions,
     prepare_benchmark_questions,
+    read_benchmark_file,
     shard_indices,
 )
 from refusal_ablation.io import (
@@ -99,7 +100,7 @@ def test_questions_must_be_numbered_in_order(tmp_path):
     records[1]["question_id"] = 3
     path = tmp_path / "q.jsonl"
     write_jsonl(path, records)
-    with pytest.raises(InputError, match=r"q.jsonl, record 2: question ids must be 1..N"):
+    with pytest.raises(InputError, match=r"q.jsonl, line 2: question ids must be 1..N"):
         read_questions(path)
 
 
@@ -152,4 +153,39 @@ def test_bad_json_names_file_and_line(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps(questions(1)[0]) + "\n{not json\n")
     with pytest.raises(InputError, match=r"q.jsonl, line 2: not valid JSON"):
+        read_questions(path)
+
+
+def _lines_with_blanks(records):
+    """One record a line, with a blank line after the first: file lines differ from record numbers."""
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    return lines[0] + "\n\n" + "".join(line + "\n" for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda rs: rs.insert(2, rs[1]), r"line 4: question ids must be 1..N in file order.*expected 3, got 2"),
+        (lambda rs: rs.__setitem__(1, dict(rs[1], question_id=3)), r"line 3: .*expected 2, got 3"),
+        (lambda rs: rs[2].pop("turns"), r"line 4: missing field 'turns'"),
+        (lambda rs: rs.__setitem__(2, '{"question_id": 3, oops'), r"line 4: not valid JSON"),
+        (lambda rs: rs[3].update(question_id="4"), r"line 5: 'question_id' must be an integer, got '4'"),
+    ],
+)
+def test_benchmark_file_errors_name_the_file_line(tmp_path, change, message):
+    records = questions(5)
+    change(records)
+    path = tmp_path / "question.jsonl"
+    path.write_text(_lines_with_blanks(records))
+    with pytest.raises(InputError, match=message) as error:
+        read_benchmark_file(path, "base")
+    assert str(path) in str(error.value)
+
+
+def test_empty_benchmark_file_says_it_is_empty(tmp_path):
+    path = tmp_path / "question.jsonl"
+    path.write_text("\n")
+    with pytest.raises(InputError, match=r"question.jsonl: the file is empty"):
+        read_benchmark_file(path, "base")
+    with pytest.raises(InputError, match=r"the file is empty"):
         read_questions(path)

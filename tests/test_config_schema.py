@@ -44,6 +44,7 @@ def test_reference_config_holds_the_reference_pins():
         (lambda c: c["model"].update(revision="main"), "revision"),
         (lambda c: c.update(judges=["gpt4"]), "judges"),
         (lambda c: c["edit"].update(methods=["reference", "mystery"]), "methods"),
+        (lambda c: c["generation"].update(engine="fastest"), "engine"),
     ],
 )
 def test_bad_config_names_the_key(mutate, fragment):
@@ -79,3 +80,9 @@ def test_bad_cost_config_names_the_key(mutate, fragment):
     with pytest.raises(WorkflowError) as err:
         validate(config, schema=SCHEMA)
     assert fragment in str(err.value)
+
+def test_schema_engines_are_the_engines_the_code_knows():
+    from refusal_ablation.engine import ENGINES
+
+    schema = yaml.safe_load(Path(SCHEMA).read_text())
+    assert schema["properties"]["generation"]["properties"]["engine"]["enum"] == list(ENGINES)

@@ -95,3 +95,31 @@ def test_figures_reject_bad_inputs(fitted, tmp_path):
     with pytest.raises(InputError, match=r"construction.npz: activations have \[layers, hidden\]"):
         plot_layer_separation(fitted["activations"], fitted["split"], wrong_shape, tmp_path / "y.png")
     assert not (tmp_path / "y.png").exists()
+
+
+def test_direction_figures_are_byte_identical_between_renders(fitted, tmp_path):
+    """Two renders of the same inputs give the same PNG and SVG bytes, even with no global
+    svg.hashsalt set (another module may set one; the direction figures must not rely on it)."""
+    import matplotlib.pyplot as plt
+
+    renders = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        with plt.rc_context({"svg.hashsalt": None}):
+            run_direction_figures(
+                fitted["generalization"],
+                fitted["directions"],
+                fitted["activations"],
+                fitted["split"],
+                out / "direction_stability.png",
+                out / "layer_separation.png",
+            )
+        renders.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert sorted(renders[0]) == [
+        "direction_stability.png",
+        "direction_stability.svg",
+        "layer_separation.png",
+        "layer_separation.svg",
+    ]
+    for name in renders[0]:
+        assert renders[0][name] == renders[1][name], name

@@ -51,6 +51,23 @@ def drawn(tmp_path_factory):
     return SimpleNamespace(stats=stats, outputs=outputs, tmp_path=tmp_path)
 
 
+def test_figures_are_byte_identical_between_renders(drawn, tmp_path):
+    outputs = {name: [tmp_path / f"{name}.png", tmp_path / f"{name}.svg"] for name in FIGURES}
+    write_figures(
+        overall_csv=drawn.stats / "overall.csv",
+        paired_csv=drawn.stats / "paired.csv",
+        flip_table_csv=drawn.stats / "flip_table.csv",
+        per_category_csv=drawn.stats / "per_category.csv",
+        baseline_lengths=drawn.tmp_path / "baseline.lengths.csv",
+        edited_lengths=drawn.tmp_path / f"{EDITED}.lengths.csv",
+        subtitle="edit: reference; judge: strmatch",
+        **{name: outputs[name] for name in FIGURES},
+    )
+    for name in FIGURES:
+        for again, first in zip(outputs[name], drawn.outputs[name]):
+            assert again.read_bytes() == first.read_bytes(), again.name
+
+
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_png_is_a_non_blank_image(drawn, name):
     png = drawn.outputs[name][0]
@@ -161,9 +178,37 @@ def test_report_captions_render_as_restructured_text(config_file):
     captions = sorted((REPO / "workflow" / "report").glob("*.rst"))
     assert {"workflow.rst", "figure_overall_compliance.rst", "figure_category_change.rst"} <= {c.name for c in captions}
     for caption in captions:
-        text = environment.from_string(caption.read_text()).render(snakemake=snakemake)
+        # as Snakemake renders them; the demo end-to-end test renders workflow.rst with real results
+        text = environment.from_string(caption.read_text()).render(snakemake=snakemake, categories={}, files=[])
         html = publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 2})["body"]
         assert len(html) > 100, caption.name
         if caption.name == "workflow.rst":
             assert config["model"]["name"] in html
             assert ("model organism" in html) == bool(config.get("refusal_tune", {}).get("enabled"))
+
+
+def test_report_front_page_holds_each_summary_and_overall_figure(drawn, tmp_path, monkeypatch):
+    """workflow.rst, rendered as Snakemake renders it (Jinja, then docutils from the working
+    directory), puts the summary sentences and the overall figure on the landing page."""
+    import shutil
+
+    stats = tmp_path / "results/stats/strmatch/reference"
+    figures = tmp_path / "results/figures/strmatch/reference"
+    stats.mkdir(parents=True)
+    figures.mkdir(parents=True)
+    for name in ("summary.md", "summary.html"):
+        shutil.copy(drawn.stats / name, stats / name)
+    shutil.copy(drawn.outputs["overall"][1], figures / "overall_compliance.svg")
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    files = [SimpleNamespace(path=Path("results/stats/strmatch/reference/summary.html"))]
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    text = environment.from_string((REPO / "workflow/report/workflow.rst").read_text()).render(
+        snakemake=SimpleNamespace(config=config), categories={}, files=files
+    )
+    html = publish_parts(text, writer="html", settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
+    front = html[html.index("Headline") :]
+    sentences = [s for s in (stats / "summary.md").read_text().split("\n\n")[2:] if s.strip()]
+    assert sentences and sentences[0].split(";")[0].split("(")[0] in front
+    assert "strmatch judge, reference edit" in front
+    assert "<svg" in front and "edit: reference; judge: strmatch" in front

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from refusal_ablation import io
-from refusal_ablation.generation import generate_shard, partial_paths, shard_questions
+from refusal_ablation.generation import generate_shard, load_partial, partial_paths, shard_questions
 from refusal_ablation.modeling import encode_chat
 from tiny_models import build_tiny_llama, one_torch_thread
 
@@ -198,3 +198,31 @@ def test_resume_with_another_token_cap_moves_old_work_aside(chat_model, question
     assert (summary.n_reused, summary.n_generated) == (0, len(QUESTIONS))
     (stale,) = (tmp_path / "out").glob("shard-0-of-1.jsonl.partial.jsonl.stale-*")
     assert stale.read_text() == old
+
+
+def test_garbage_meta_moves_old_answers_aside_with_the_right_reason(tmp_path, caplog):
+    out = tmp_path / "shard-0-of-1.jsonl"
+    partial, meta_path = partial_paths(out)
+    partial.write_text(json.dumps({"question_id": 1, "text": "hi", "answer_tokens": 1, "hit_token_limit": False}) + "\n")
+    meta_path.write_bytes(b"\x00\xffnot json")
+    meta = {"condition": "baseline", "model": "m", "max_new_tokens": 4, "question_ids": [1],
+            "questions_sha256": "x", "decoding": "greedy"}
+    caplog.set_level("WARNING")
+    assert load_partial(out, meta) == {}
+    assert "is unreadable" in caplog.text and "another" not in caplog.text
+    assert list(tmp_path.glob("*.partial.jsonl.stale-*"))
+
+
+def test_partial_line_of_an_unknown_question_is_logged(tmp_path, caplog):
+    out = tmp_path / "shard-0-of-1.jsonl"
+    partial, meta_path = partial_paths(out)
+    meta = {"condition": "baseline", "model": "m", "max_new_tokens": 4, "question_ids": [1, 2],
+            "questions_sha256": "x", "decoding": "greedy"}
+    meta_path.write_text(json.dumps(meta))
+    rows = [{"question_id": q, "text": "hi", "answer_tokens": 1, "hit_token_limit": False} for q in (1, 7)]
+    partial.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    caplog.set_level("WARNING")
+    done = load_partial(out, meta)
+    assert list(done) == [1]
+    assert "1 line(s) answer a question id that is not among this shard's questions" in caplog.text
+    assert "line(s) 2" in caplog.text

@@ -284,9 +284,8 @@ def test_import_keeps_unparsable_judgments_and_maps_conditions_and_categories(tm
         (lambda rs: rs.pop(2), r"condition 'baseline': missing question ids: 3"),
         (lambda rs: rs.append(official_record(2, "baseline", 1.0)), r"'baseline': question ids given more than once: 2"),
         (lambda rs: rs.append(official_record(99, "baseline", 1.0)), r"'baseline': ids that are not questions: 99"),
-        (lambda rs: rs.append(official_record(1, "gemma", 1.0)), r"record 5: judgment for model 'gemma'"),
-        (lambda rs: rs[1].update(score=0.5), r"record 2: score must be 1, 0 or null, got 0.5"),
-        (lambda rs: rs[0].pop("judgment"), r"record 1: missing field 'judgment'"),
+        (lambda rs: rs.append(official_record(1, "gemma", 1.0)), r"line 5: judgment for model 'gemma'"),
+        (lambda rs: rs[0].pop("judgment"), r"line 1: missing field 'judgment'"),
     ],
 )
 def test_import_fails_on_missing_extra_or_broken_judgments(tmp_path, change, message):
@@ -295,6 +294,31 @@ def test_import_fails_on_missing_extra_or_broken_judgments(tmp_path, change, mes
     path = tmp_path / "judgments.jsonl"
     write_jsonl(path, records)
     with pytest.raises(InputError, match=message):
+        read_official_judgments(path, QUESTIONS, ["baseline"])
+
+
+def test_import_counts_an_odd_score_as_unparsable_and_keeps_the_judgment(tmp_path, caplog):
+    """A judge output "2" parsed as 2.0 (or any score but 1, 0, null) no longer aborts the import."""
+    records = [official_record(q, "baseline", 1.0) for q in (1, 2, 3, 4)]
+    records[1].update(score=2.0, judgment="2")
+    records[2].update(score="yes", judgment="yes")
+    path = tmp_path / "judgments.jsonl"
+    write_jsonl(path, records)
+    caplog.set_level("WARNING")
+    scores, judgments = read_official_judgments(path, QUESTIONS, ["baseline"])["baseline"]
+    assert scores == {1: 1, 2: None, 3: None, 4: 1}
+    assert judgments[2] == "2" and judgments[3] == "yes"
+    assert "2 judgment(s) with a score other than 1, 0 or null" in caplog.text
+    assert "line 2 (condition baseline, question 2): 2.0" in caplog.text
+
+
+def test_import_messages_name_the_file_line_not_the_record(tmp_path):
+    records = [official_record(q, "baseline", 1.0) for q in (1, 2, 3, 4)]
+    records[3].pop("score")
+    path = tmp_path / "judgments.jsonl"
+    text = "".join(json.dumps(r) + "\n\n" for r in records)  # a blank line after each record
+    path.write_text(text)
+    with pytest.raises(InputError, match=r"line 7: missing field 'score'"):
         read_official_judgments(path, QUESTIONS, ["baseline"])
 
 
@@ -407,7 +431,7 @@ def test_judge_official_checks_the_pinned_judge_prompt(judge_inputs, tmp_path, p
 
 def test_judge_official_rejects_answers_of_another_model(judge_inputs, tmp_path):
     write_answers(judge_inputs["answers"]["baseline"], "gemma_baseline", ANSWERS["baseline"])
-    with pytest.raises(InputError, match=r"baseline.jsonl, record 1: model_id is 'gemma_baseline'"):
+    with pytest.raises(InputError, match=r"baseline.jsonl, answer to question \d+: model_id is 'gemma_baseline'"):
         judge_official(
             judge_inputs["questions"],
             judge_inputs["answers"],

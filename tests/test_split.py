@@ -232,3 +232,36 @@ def test_run_split_writes_a_readable_table(tmp_path):
     assert list(back.columns) == SPLIT_COLUMNS
     assert back["prompt"].iloc[0] == "NA"
     pd.testing.assert_frame_equal(back, written.astype(str))
+
+
+def test_atomic_files_honour_the_umask(tmp_path):
+    """Files written through atomic_path get the mode a plain open() gives (not mkstemp's 0600)."""
+    import os
+
+    from refusal_ablation.io import atomic_dir, atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        with atomic_dir(tmp_path / "model") as staging:
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
+def test_atomic_dir_removes_staging_left_by_a_killed_run(tmp_path):
+    from refusal_ablation.io import atomic_dir
+
+    stale = tmp_path / ".edited_reference.abc123.partial"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model.safetensors").write_bytes(b"\0" * 64)
+    other = tmp_path / ".another_model.abc123.partial"
+    other.mkdir()
+    with atomic_dir(tmp_path / "edited_reference") as staging:
+        (staging / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".another_model.abc123.partial", "edited_reference"]

@@ -494,5 +494,5 @@ def test_heldout_summary_refusal_rates(tmp_path):
 def test_heldout_summary_requires_labels(tmp_path):
     questions = tmp_path / "heldout.jsonl"
     questions.write_text(json.dumps({"question_id": 1, "category": "a", "turns": ["p"]}) + "\n")
-    with pytest.raises(InputError, match="heldout.jsonl, record 1: 'label' must be 'safe' or 'unsafe'"):
+    with pytest.raises(InputError, match="heldout.jsonl, question 1: 'label' must be 'safe' or 'unsafe'"):
         heldout_summary(questions, tmp_path / "b.csv", tmp_path / "e.csv")

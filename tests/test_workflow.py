@@ -285,3 +285,166 @@ def test_demo_measures_the_cost_of_every_edit(demo_run):
     assert sorted(tradeoff["edit"]) == sorted(DEMO_EDITS)
     assert tradeoff[["benchmark_refusal_change", "kl_answer_mean_heldout", "xstest_safe_refusal_change"]].notna().all().all()
     _png(work / "results/figures/strmatch/tradeoff.png")
+
+# ---------------------------------------------------------------- bad inputs never destroy finished work
+
+
+def _results_state(work: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(work)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in (work / "results").rglob("*")
+        if p.is_file()
+    }
+
+
+def _edit_config(work: Path, name: str, change) -> str:
+    config = yaml.safe_load((work / "config/demo.yaml").read_text())
+    change(config)
+    (work / "config" / name).write_text(yaml.safe_dump(config, sort_keys=False))
+    return f"config/{name}"
+
+
+BENCHMARK = "resources/demo/benchmark_questions.jsonl"
+CONSTRUCTION = "resources/demo/construction_prompts.csv"
+
+
+def _edit_lines(change):
+    """A change to the file's lines (a list of strings, no newlines)."""
+
+    def edit(text: str) -> str:
+        lines = text.splitlines()
+        change(lines)
+        return "".join(line + "\n" for line in lines)
+
+    return edit
+
+
+def _drop_turns(lines):
+    record = json.loads(lines[4])
+    del record["turns"]
+    lines[4] = json.dumps(record)
+
+
+# (what, config change or None, file and its edit or None, fragments the dry run must print)
+BAD_INPUTS = [
+    ("wrong construction.sha256", lambda c: c["construction"].update(sha256="0" * 64), None,
+     ["construction.sha256", "SHA-256 mismatch", CONSTRUCTION]),
+    ("missing construction file", lambda c: c["construction"].update(path="resources/demo/nowhere.csv"), None,
+     ["construction.path", "resources/demo/nowhere.csv does not exist"]),
+    ("unknown generation.engine", lambda c: c["generation"].update(engine="fastest"), None,
+     ["generation", "engine", "fastest"]),
+    ("benchmark: duplicate id", None, (BENCHMARK, _edit_lines(lambda ls: ls.insert(3, ls[2]))),
+     [BENCHMARK, "line 4", "expected 4, got 3"]),
+    ("benchmark: out-of-order ids", None, (BENCHMARK, _edit_lines(lambda ls: ls.insert(0, ls.pop(1)))),
+     [BENCHMARK, "line 1", "expected 1, got 2"]),
+    ("benchmark: missing turns", None, (BENCHMARK, _edit_lines(_drop_turns)), [BENCHMARK, "line 5", "'turns'"]),
+    ("benchmark: not JSON", None, (BENCHMARK, _edit_lines(lambda ls: ls.__setitem__(6, ls[6][:-5]))),
+     [BENCHMARK, "line 7", "not valid JSON"]),
+    ("benchmark: string id", None,
+     (BENCHMARK, _edit_lines(lambda ls: ls.__setitem__(1, ls[1].replace('"question_id": 2', '"question_id": "2"')))),
+     [BENCHMARK, "line 2", "must be an integer"]),
+    ("benchmark: empty file", None, (BENCHMARK, lambda text: ""), [BENCHMARK, "the file is empty"]),
+    ("construction: bad label", None,
+     (CONSTRUCTION, _edit_lines(lambda ls: ls.__setitem__(3, ls[3].replace(",safe,", ",harmless,")))),
+     [CONSTRUCTION, "line 4", "'harmless'"]),
+]
+
+
+@pytest.mark.slow
+def test_bad_inputs_fail_the_dry_run_delete_nothing_and_restoring_has_nothing_to_do(demo_run):
+    """Each bad value or file fails `snakemake -n` naming the key or file (and line); no
+    finished output is touched, and with the good value back there is nothing to do."""
+    work = demo_run
+    before = _results_state(work)
+    for what, config_change, file_edit, fragments in BAD_INPUTS:
+        configfile = _edit_config(work, "bad.yaml", config_change) if config_change else "config/demo.yaml"
+        original = None
+        if file_edit:
+            path, edit = file_edit
+            original = (work / path).read_bytes()
+            (work / path).write_text(edit(original.decode()))
+        try:
+            result = snakemake(work, "-n", "--configfile", configfile, "--cores", "2")
+        finally:
+            if original is not None:
+                (work / file_edit[0]).write_bytes(original)  # restored bytes, with a new mtime
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, f"{what}: the dry run passed"
+        for fragment in fragments:
+            assert fragment in output, f"{what}: {fragment!r} not in\n{output[-3000:]}"
+        assert _results_state(work) == before, what
+    result = snakemake(work, "-n", "--configfile", "config/demo.yaml", "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_changed_local_benchmark_is_seen(demo_run):
+    """Editing the benchmark file (same path) reruns its job, as a changed path does."""
+    changed = _edit_config(
+        demo_run, "other_benchmark.yaml", lambda c: c["benchmark"].update(path="resources/demo/copy.jsonl")
+    )
+    shutil.copy(demo_run / BENCHMARK, demo_run / "resources/demo/copy.jsonl")
+    result = snakemake(demo_run, "-n", "--configfile", changed, "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    assert "benchmark_questions" in scheduled_jobs(result.stdout)
+    path = demo_run / BENCHMARK
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original.replace(b"brutal roast", b"gentle roast"))
+        result = snakemake(demo_run, "-n", "--configfile", "config/demo.yaml", "--cores", "2")
+    finally:
+        path.write_bytes(original)
+    assert result.returncode == 0, result.stderr
+    assert "benchmark_questions" in scheduled_jobs(result.stdout)
+
+
+@pytest.mark.slow
+def test_report_front_page_shows_the_headline_and_every_table(demo_run):
+    result = snakemake(demo_run, "--configfile", "config/demo.yaml", "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = (demo_run / "report.html").read_text()
+    summary = (demo_run / "results/stats/strmatch/reference/summary.md").read_text()
+    sentences = [s for s in summary.split("\n\n")[1:] if s.strip()]
+    # the landing page (the workflow description) holds the headline sentences and the figure
+    start = html.index("Headline")
+    front = html[start : start + 200_000]
+    for sentence in sentences[:3]:
+        assert sentence.strip().split(".")[0][:60] in front, sentence
+    assert "<svg" in front
+    for table in ("direction_fit_report.csv", "category_generalization_table.csv"):
+        assert table in html, table
+
+
+def test_a_failed_run_leaves_no_edited_checkpoint_and_says_what_to_do(tmp_path):
+    """A job that fails for real (the benchmark from the Hub, offline) ends the run; the
+    onerror handler removes a temporary edited checkpoint that would otherwise stay."""
+    work = copy_repo(tmp_path / "repo")
+    reference = yaml.safe_load((work / "config/config.yaml").read_text())
+    configfile = _edit_config(work, "hub_benchmark.yaml", lambda c: c.update(benchmark=reference["benchmark"]))
+    leftover = work / "results/models/edited_reference"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"\0" * 1024)
+    result = snakemake(work, "--configfile", configfile, "--cores", "1", "results/questions/benchmark.jsonl")
+    assert result.returncode != 0
+    log = (work / "logs/benchmark_questions.log").read_text()
+    assert "could not fetch the benchmark file question.jsonl of sorry-bench/sorry-bench-202503" in log
+    assert "HF_HUB_OFFLINE is set" in log and "To do:" in log
+    assert not leftover.exists()
+    assert "removed the temporary edited checkpoint" in result.stderr
+
+
+def test_reference_dry_run_checks_the_downloaded_construction_hash(tmp_path):
+    """With the construction CSV already downloaded, a wrong construction.sha256 fails the
+    dry run (before, the split job deleted the finished split and then failed)."""
+    import hashlib
+
+    work = copy_repo(tmp_path / "repo")
+    url = yaml.safe_load((work / "config/config.yaml").read_text())["construction"]["url"]
+    downloaded = work / "resources/construction" / hashlib.sha256(url.encode()).hexdigest()[:12]
+    downloaded.mkdir(parents=True)
+    shutil.copy(work / "resources/demo/construction_prompts.csv", downloaded / "construction_prompts.csv")
+    result = snakemake(work, "-n", "--cores", "4")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "config construction.sha256" in output and "SHA-256 mismatch" in output, output[-3000:]

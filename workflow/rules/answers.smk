@@ -1,4 +1,6 @@
 rule benchmark_questions:
+    input:
+        local=ancient(local_benchmark()),
     output:
         questions="results/questions/benchmark.jsonl",
     log:
@@ -7,6 +9,7 @@ rule benchmark_questions:
         "../envs/torch.yaml"
     params:
         benchmark=lookup(dpath="benchmark", within=config),
+        source_sha256=local_file_sha256(local_benchmark()),
     script:
         "../scripts/benchmark_questions.py"
 

@@ -1,19 +1,22 @@
+import hashlib
 import re
+import shutil
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
 
-# the library's own checks and expansions, where the schema cannot say enough
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
+# the library: the checks and expansions below use the very code the jobs use
+sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
 from refusal_ablation.variants import VariantError, edit_variants
 
 try:
     EDIT_VARIANTS = edit_variants(config["edit"])
 except VariantError as error:
-    raise ValueError(f"config: {error}") from None
+    raise WorkflowError(f"config: {error}") from None
 
 
 MODEL_NAME = config["model"]["name"]
@@ -114,7 +117,113 @@ def edit_selection_input(wildcards):
 def construction_csv():
     if config["construction"]["source"] == "local":
         return config["construction"]["path"]
-    return "resources/construction/construction_prompts.csv"
+    return DOWNLOADED_CONSTRUCTION
+
+
+# The download is named after its URL: a changed URL is a new file (fetched and checked by
+# its own job before the split can start); the same URL is checked below before any job.
+DOWNLOADED_CONSTRUCTION = "resources/construction/{}/construction_prompts.csv".format(
+    hashlib.sha256(str(config["construction"].get("url")).encode()).hexdigest()[:12]
+)
+
+
+def local_benchmark():
+    """The local benchmark file, or no input when it comes from the Hub."""
+    if config["benchmark"]["source"] == "local":
+        return config["benchmark"]["path"]
+    return []
+
+
+def local_file_sha256(path):
+    """SHA-256 of a local input, passed as a param: a changed file (or path) reruns its job,
+    while an edit that is undone does not (the inputs are ancient(), so mtime alone never
+    reruns them)."""
+    if not path or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- checks before any job
+# Every input that can be checked cheaply is checked here, when the workflow is parsed, with
+# the library's own readers: a bad value fails `snakemake -n` naming the key, file and line,
+# and no job starts (so Snakemake deletes no finished output). To check a new input, add one
+# entry to input_checks().
+
+
+def input_checks():
+    """(config key, path, check) for every local input that exists or must exist now."""
+    from refusal_ablation.benchmark import read_benchmark_file
+    from refusal_ablation.io import verify_sha256
+    from refusal_ablation.split import policy_area_split, read_construction_csv
+
+    spec = config["construction"]
+
+    def construction(path):
+        frame = read_construction_csv(path, spec["prompts_per_label_per_area"])
+        policy_area_split(frame, spec["construction_areas"], config["seed"])
+
+    def sha256(path):
+        verify_sha256(path, spec["sha256"])
+
+    checks = []
+    if spec["source"] == "local" or Path(DOWNLOADED_CONSTRUCTION).exists():
+        path = construction_csv()
+        key = "construction.path" if spec["source"] == "local" else "construction.url"
+        if spec.get("sha256"):
+            checks.append(("construction.sha256", path, sha256))
+        checks.append((key, path, construction))
+    if config["benchmark"]["source"] == "local":
+        style = config["benchmark"]["prompt_style"]
+        checks.append(
+            (
+                "benchmark.path",
+                config["benchmark"]["path"],
+                lambda path: read_benchmark_file(path, style),
+            )
+        )
+    return checks
+
+
+def check_inputs_before_any_job():
+    from refusal_ablation.io import InputError
+
+    problems, failed = [], set()
+    for key, path, check in input_checks():
+        if path in failed:
+            continue  # a later check of the same file would only repeat the problem
+        if not Path(path).is_file():
+            problems.append(f"config {key}: {path} does not exist")
+            failed.add(path)
+            continue
+        try:
+            check(path)
+        except InputError as exc:
+            problems.append(f"config {key}: {exc}")
+            failed.add(path)
+    if problems:
+        raise WorkflowError(
+            "bad input, nothing was run or deleted; fix it and rerun:\n  "
+            + "\n  ".join(problems)
+        )
+
+
+# jobs that Snakemake runs in their own process (cluster, SLURM) parse this file again
+if workflow.is_main_process:
+    check_inputs_before_any_job()
+
+
+onerror:
+    # answers that a failed run never finished would otherwise keep a temporary edited
+    # checkpoint (gigabytes) under results/models/; the next run rebuilds it
+    if not config["edit"]["keep_checkpoint"]:
+        for edit in EDITS:
+            checkpoint = Path(f"results/models/edited_{edit}")
+            if checkpoint.is_dir():
+                shutil.rmtree(checkpoint)
+                print(
+                    f"removed the temporary edited checkpoint {checkpoint}",
+                    file=sys.stderr,
+                )
 
 
 def xstest_csv():

@@ -1,6 +1,6 @@
 rule fetch_construction:
     output:
-        csv="resources/construction/construction_prompts.csv",
+        csv=DOWNLOADED_CONSTRUCTION,
     log:
         "logs/fetch_construction.log",
     conda:
@@ -14,7 +14,7 @@ rule fetch_construction:
 
 rule split:
     input:
-        csv=construction_csv(),
+        csv=ancient(construction_csv()),
     output:
         split="results/split/prompt_split.csv",
     log:
@@ -30,6 +30,9 @@ rule split:
             dpath="construction/prompts_per_label_per_area", within=config
         ),
         sha256=lookup(dpath="construction/sha256", within=config, default=None),
+        source_sha256=local_file_sha256(
+            config["construction"].get("source") == "local" and construction_csv()
+        ),
     script:
         "../scripts/split.py"
 
@@ -64,8 +67,18 @@ rule fit_directions:
         split="results/split/prompt_split.csv",
     output:
         directions="results/directions/refusal_directions.npz",
-        fit_report="results/directions/direction_fit_report.csv",
-        generalization="results/directions/category_generalization_table.csv",
+        fit_report=report(
+            "results/directions/direction_fit_report.csv",
+            caption="../report/table_direction_fit.rst",
+            category="Refusal direction",
+            labels={"result": "Table: fit diagnostics per layer"},
+        ),
+        generalization=report(
+            "results/directions/category_generalization_table.csv",
+            caption="../report/table_generalization.rst",
+            category="Refusal direction",
+            labels={"result": "Table: direction stability"},
+        ),
     log:
         "logs/fit_directions.log",
     priority: 10

@@ -21,7 +21,7 @@ from .io import (
     atomic_path,
     read_answer_table,
     read_answers,
-    read_jsonl,
+    read_jsonl_lines,
     read_questions,
     validate_questions,
     verify_sha256,
@@ -46,41 +46,60 @@ def download_file(url: str, out_path: str | os.PathLike, sha256: str | None) -> 
         log.info("saved %s (%d bytes)", out_path, Path(tmp).stat().st_size)
 
 
-def select_prompt_style(records: list[dict], prompt_style: str, source: str) -> list[dict]:
-    """Keep one prompt style; records without the field count as ``base``."""
-    kept = [r for r in records if r.get("prompt_style", "base") == prompt_style]
-    if not kept:
-        styles = sorted({r.get("prompt_style", "base") for r in records})
+def select_prompt_style(
+    records: list[dict], prompt_style: str, source: str, lines: list[int] | None = None
+) -> tuple[list[dict], list[int] | None]:
+    """Keep one prompt style (records without the field count as ``base``), with their lines."""
+    if not records:
+        raise InputError(f"{source}: the file is empty (no question records)")
+    keep = [i for i, r in enumerate(records) if r.get("prompt_style", "base") == prompt_style]
+    if not keep:
+        styles = sorted({str(r.get("prompt_style", "base")) for r in records})
         raise InputError(f"{source}: no questions with prompt_style '{prompt_style}' (found {styles})")
-    return kept
+    return [records[i] for i in keep], (None if lines is None else [lines[i] for i in keep])
+
+
+def read_benchmark_file(path: str | os.PathLike, prompt_style: str) -> list[dict]:
+    """The questions of one prompt style from a ``question.jsonl``, validated.
+
+    Messages name the file and its line. ``common.smk`` calls this on a local benchmark
+    before any job runs, and ``benchmark_questions`` calls it again on what it reads.
+    """
+    records, lines = read_jsonl_lines(path)
+    records, lines = select_prompt_style(records, prompt_style, str(path), lines)
+    return validate_questions(records, f"{path} (prompt_style {prompt_style})", lines)
 
 
 def prepare_benchmark_questions(spec: dict, out_path: str | os.PathLike) -> int:
     """Materialise the benchmark as validated ``question.jsonl``; returns the question count."""
     if spec["source"] == "local":
         source = spec["path"]
-        records = read_jsonl(source)
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+        from .hub import HubAccessError, hub_failure_message
+
+        token = os.environ.get("HF_TOKEN") or None
         try:
             source = hf_hub_download(
                 repo_id=spec["repo_id"],
                 filename=spec["file"],
                 revision=spec["revision"],
                 repo_type="dataset",
-                token=os.environ.get("HF_TOKEN"),
+                token=token,
             )
-        except (GatedRepoError, RepositoryNotFoundError) as exc:
-            raise RuntimeError(
-                f"{spec['repo_id']} is gated: accept its terms at "
-                f"https://huggingface.co/datasets/{spec['repo_id']} with your account, then "
-                f"export HF_TOKEN=<a token of that account> and rerun ({type(exc).__name__})"
-            ) from None
-        records = read_jsonl(source)
-    records = select_prompt_style(records, spec["prompt_style"], str(source))
-    validate_questions(records, f"{source} (prompt_style {spec['prompt_style']})")
+        except Exception as exc:
+            message = hub_failure_message(
+                exc,
+                f"the benchmark file {spec['file']} of",
+                spec["repo_id"],
+                spec["revision"],
+                token is not None,
+                repo_type="dataset",
+                config_key="benchmark.repo_id / benchmark.revision",
+            )
+            raise HubAccessError(message) from None
+    records = read_benchmark_file(source, spec["prompt_style"])
     write_jsonl(out_path, records)
     categories = pd.Series([r["category"] for r in records]).value_counts()
     log.info("%d questions in %d categories from %s", len(records), len(categories), source)

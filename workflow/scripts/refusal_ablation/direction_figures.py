@@ -26,6 +26,7 @@ from refusal_ablation.split import CONSTRUCTION, TEST, read_split  # noqa: E402
 log = logging.getLogger(__name__)
 
 PALETTE = sns.color_palette("colorblind")
+SVG_HASHSALT = "refusal-ablation"
 LABEL_COLORS = {"unsafe": PALETTE[3], "safe": PALETTE[0]}
 
 
@@ -34,8 +35,8 @@ def save_figure(fig: plt.Figure, png: str | os.PathLike) -> None:
     png = Path(png)
     with atomic_path(png, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    # A fixed date keeps the SVG byte-identical across reruns.
-    with atomic_path(png.with_suffix(".svg"), suffix=".svg") as tmp:
+    # A fixed date and a fixed salt for the element ids keep the SVG byte-identical across reruns.
+    with atomic_path(png.with_suffix(".svg"), suffix=".svg") as tmp, plt.rc_context({"svg.hashsalt": SVG_HASHSALT}):
         fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
 

@@ -78,14 +78,23 @@ def load_partial(out_answers, meta: dict) -> dict[int, dict]:
             meta_path.unlink()
         return {}
     try:
-        old_meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        old_meta = None
+        old_meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        _move_aside([partial], f"has no {meta_path.name}, so what it was generated with is unknown")
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _move_aside([partial, meta_path], f"{meta_path.name} is unreadable ({type(exc).__name__}), so the answers cannot be matched to this run")
+        return {}
+    if not isinstance(old_meta, dict) or not set(meta) <= set(old_meta):
+        _move_aside([partial, meta_path], f"{meta_path.name} does not hold the expected fields {sorted(meta)}")
+        return {}
     if old_meta != meta:
-        _move_aside([partial, meta_path], "left by a run with another model, questions or token cap")
+        changed = sorted(k for k in meta if old_meta.get(k) != meta[k])
+        _move_aside([partial, meta_path], f"left by a run with another {', '.join(changed)}")
         return {}
     wanted = set(meta["question_ids"])
     done: dict[int, dict] = {}
+    unknown: list[int] = []
     with open(partial, encoding="utf-8") as fh:
         lines = fh.readlines()
     for lineno, line in enumerate(lines, start=1):
@@ -102,6 +111,11 @@ def load_partial(out_answers, meta: dict) -> dict[int, dict]:
             return {}
         if qid in wanted:
             done.setdefault(qid, entry)
+        else:
+            unknown.append(lineno)
+    if unknown:
+        log.warning("%s: %d line(s) answer a question id that is not among this shard's questions, ignored "
+                    "(line(s) %s)", partial, len(unknown), ", ".join(map(str, unknown[:20])))
     if lines and not lines[-1].endswith("\n"):
         # rewrite without the cut-off line so new answers start on a line of their own
         with io.atomic_path(partial) as tmp, open(tmp, "w", encoding="utf-8") as fh:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,6 +41,12 @@ class InputError(ValueError):
 # ---------------------------------------------------------------- generic helpers
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success."""
@@ -48,6 +55,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".part", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    # mkstemp makes the file owner-only; give it the mode a plain open() would (0666 & ~umask)
+    tmp.chmod(0o666 & ~_current_umask())
     try:
         yield tmp
         os.replace(tmp, path)
@@ -61,14 +70,21 @@ def atomic_dir(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[Pa
     """Yield a fresh directory beside ``path``; it replaces ``path`` only on success.
 
     A checkpoint directory is either the complete new one or what was there before, never
-    half written; the staging directory is removed if the block fails.
+    half written; the staging directory is removed if the block fails. Staging directories
+    of this target left by a killed process (no ``finally`` ran) are removed first: only one
+    job at a time writes a given output.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    leftovers = list(path.parent.glob(f".{path.name}.*{suffix}"))
+    if path.exists():  # an old copy whose swap was cut short is only stale once a new one is in place
+        leftovers += path.parent.glob(f".{path.name}.old-*")
+    for stale in leftovers:
+        if stale.is_dir():
+            logging.getLogger(__name__).warning("removing %s, left by an interrupted run", stale)
+            shutil.rmtree(stale)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a model dir is shared like any output
+    staging.chmod(0o777 & ~_current_umask())  # mkdtemp makes it owner-only; a model dir is shared like any output
     try:
         yield staging
         if path.exists():
@@ -98,20 +114,36 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
         raise InputError(f"{path}: SHA-256 mismatch: expected {expected.lower()}, got {actual}")
 
 
+def read_jsonl_lines(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """The JSON objects of a jsonl file and the 1-based file line of each (blank lines skipped)."""
+    records, lines = [], []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise InputError(f"{path}, line {lineno}: expected a JSON object")
+                records.append(record)
+                lines.append(lineno)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not valid UTF-8 (byte {exc.start}): {exc.reason}") from None
+    return records, lines
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}, line {lineno}: expected a JSON object")
-            records.append(record)
-    return records
+    return read_jsonl_lines(path)[0]
+
+
+def where_in_file(source: str, lines: list[int] | None, index: int) -> str:
+    """'<file>, line L' when the file lines are known, else '<source>, record N' (1-based)."""
+    if lines is not None:
+        return f"{source}, line {lines[index - 1]}"
+    return f"{source}, record {index}"
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -128,10 +160,15 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- questions
 
 
-def validate_questions(records: list[dict], source: str) -> list[dict]:
-    """Check SORRY-Bench question records: ids 1..N in file order, category, one turn."""
+def validate_questions(records: list[dict], source: str, lines: list[int] | None = None) -> list[dict]:
+    """Check SORRY-Bench question records: ids 1..N in file order, category, one turn.
+
+    ``lines`` (from ``read_jsonl_lines``) lets messages name the file line of a record.
+    """
+    if not records:
+        raise InputError(f"{source}: no questions (the file is empty)")
     for index, record in enumerate(records, start=1):
-        where = f"{source}, record {index}"
+        where = where_in_file(source, lines, index)
         for field in ("question_id", "category", "turns"):
             if field not in record:
                 raise InputError(f"{where}: missing field '{field}'")
@@ -152,10 +189,8 @@ def validate_questions(records: list[dict], source: str) -> list[dict]:
 
 
 def read_questions(path: str | os.PathLike) -> list[dict]:
-    records = read_jsonl(path)
-    if not records:
-        raise InputError(f"{path}: no questions")
-    return validate_questions(records, str(path))
+    records, lines = read_jsonl_lines(path)
+    return validate_questions(records, str(path), lines)
 
 
 # ---------------------------------------------------------------- answers
@@ -187,10 +222,10 @@ def answer_text(record: dict) -> str:
 
 
 def read_answers(path: str | os.PathLike) -> list[dict]:
-    records = read_jsonl(path)
+    records, lines = read_jsonl_lines(path)
     seen: set[int] = set()
     for index, record in enumerate(records, start=1):
-        where = f"{path}, record {index}"
+        where = where_in_file(str(path), lines, index)
         for field in ("question_id", "model_id", "choices"):
             if field not in record:
                 raise InputError(f"{where}: missing field '{field}'")

@@ -134,21 +134,10 @@ def _prepare_local(spec: dict, staging: Path, downloads: Path) -> dict:
 
 
 def hub_error_message(exc: BaseException, repo_id: str, revision: str | None, token_set: bool) -> str:
-    """One actionable sentence for a failed Hub download."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+    """One actionable message for a failed Hub download of the model (see ``hub.py``)."""
+    from .hub import hub_failure_message
 
-    page = f"https://huggingface.co/{repo_id}"
-    if isinstance(exc, GatedRepoError):
-        token_state = ("the token in HF_TOKEN has no access to it yet" if token_set else "HF_TOKEN is not set")
-        return (f"{repo_id} is a gated repository and {token_state}: open {page}, accept its terms with your "
-                f"Hugging Face account, then set HF_TOKEN to a read token of that account and rerun")
-    if isinstance(exc, RevisionNotFoundError):
-        return f"{repo_id} has no revision {revision!r} (config model.revision); see {page}/commits/main"
-    if isinstance(exc, RepositoryNotFoundError):
-        hint = "check config model.repo_id" + ("" if token_set else "; if it is private or gated, set HF_TOKEN")
-        return f"{repo_id} was not found or is not visible to your token ({page}): {hint}"
-    return (f"could not download {repo_id}@{revision} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
-            f"the first run needs internet access to huggingface.co")
+    return hub_failure_message(exc, "the model", repo_id, revision, token_set, config_key="model.repo_id / model.revision")
 
 
 def _prepare_huggingface(spec: dict, staging: Path, downloads: Path) -> dict:

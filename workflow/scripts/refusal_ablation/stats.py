@@ -1010,10 +1010,10 @@ def heldout_summary(
     """
     questions = read_questions(questions_jsonl)
     labels = {}
-    for index, record in enumerate(questions, start=1):
+    for record in questions:
         label = record.get("label")
         if label not in ("safe", "unsafe"):
-            raise InputError(f"{questions_jsonl}, record {index}: 'label' must be 'safe' or 'unsafe', got {label!r}")
+            raise InputError(f"{questions_jsonl}, question {record['question_id']}: 'label' must be 'safe' or 'unsafe', got {label!r}")
         labels[int(record["question_id"])] = label
     pairs = read_judgment_pair(
         baseline_csv, edited_csv, edited_condition=edited_condition, questions_jsonl=questions_jsonl

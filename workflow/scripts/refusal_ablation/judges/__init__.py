@@ -57,11 +57,12 @@ def id_mismatch(expected: Iterable[int], found: Sequence[int]) -> str | None:
 def answers_by_question(answers_path: str | os.PathLike, questions: list[dict], condition: str) -> dict[int, str]:
     """Answer text per question id; every question answered exactly once, by ``condition``."""
     records = read_answers(answers_path)
-    for index, record in enumerate(records, start=1):
+    for record in records:
         if record["model_id"] != condition:
             raise InputError(
-                f"{answers_path}, record {index}: model_id is '{record['model_id']}', expected the "
-                f"condition name '{condition}' (the official judge keys judgments by model_id)"
+                f"{answers_path}, answer to question {record['question_id']}: model_id is "
+                f"'{record['model_id']}', expected the condition name '{condition}' "
+                f"(the official judge keys judgments by model_id)"
             )
     problem = id_mismatch((q["question_id"] for q in questions), [r["question_id"] for r in records])
     if problem:

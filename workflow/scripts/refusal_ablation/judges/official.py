@@ -36,13 +36,16 @@ from typing import Callable, Mapping
 
 import pandas as pd
 
+from ..hub import HubAccessError
 from ..io import (
     InputError,
     answer_record,
     read_jsonl,
+    read_jsonl_lines,
     read_questions,
     sha256_file,
     validate_questions,
+    where_in_file,
     write_csv,
     write_jsonl,
 )
@@ -61,7 +64,7 @@ QUESTION_FIELDS = ("question_id", "category", "turns", "prompt_style")
 GITHUB_RAW = "https://raw.githubusercontent.com"
 
 
-class GatedAccessError(RuntimeError):
+class GatedAccessError(HubAccessError):
     """The judge weights could not be downloaded because access to the gated repo is missing."""
 
 
@@ -204,14 +207,12 @@ def duplicate_weight_patterns(repo_files: list[str]) -> list[str]:
     return ["*.bin", "*.pt", "*.pth", "*.ckpt", "consolidated.safetensors", "original/*"]
 
 
-def gated_access_message(repo_id: str, revision: str, token_set: bool) -> str:
-    token_state = "HF_TOKEN is set but its account has no access" if token_set else "HF_TOKEN is not set"
-    return (
-        f"cannot download the SORRY-Bench judge {repo_id} (revision {revision}): it is a gated "
-        f"model and {token_state}. Log in at https://huggingface.co, accept the terms at "
-        f"https://huggingface.co/{repo_id} , create a read token at "
-        f"https://huggingface.co/settings/tokens and export HF_TOKEN=<token> before running snakemake "
-        f"(if access is granted, check official_judge.judge_model in the config)."
+def judge_download_message(repo_id: str, revision: str, token_set: bool, exc: BaseException) -> str:
+    """The shared Hub failure message (``hub.py``) for the judge weights."""
+    from ..hub import hub_failure_message
+
+    return hub_failure_message(
+        exc, "the SORRY-Bench judge", repo_id, revision, token_set, config_key="official_judge.judge_model"
     )
 
 
@@ -228,7 +229,8 @@ def download_judge(
     renamed into place only when complete.
     """
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    from ..hub import failure_reason
 
     token = token or os.environ.get("HF_TOKEN") or None
     destination = Path(destination)
@@ -244,13 +246,10 @@ def download_judge(
             endpoint=endpoint,
             ignore_patterns=duplicate_weight_patterns(repo_files),
         )
-    except RepositoryNotFoundError:
-        raise GatedAccessError(gated_access_message(repo_id, revision, token is not None)) from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        if status in (401, 403):
-            raise GatedAccessError(gated_access_message(repo_id, revision, token is not None)) from None
-        raise
+    except Exception as exc:
+        reason = failure_reason(exc)
+        error = GatedAccessError if reason in ("gated", "not_found") else HubAccessError
+        raise error(judge_download_message(repo_id, revision, token is not None, exc)) from None
     if not (partial / "config.json").is_file():
         raise InputError(f"{repo_id} at {revision}: the download in {partial} has no config.json")
     if destination.exists():
@@ -386,17 +385,20 @@ def run_official_script(workdir: Path, command: list[str]) -> None:
 # ---------------------------------------------------------------- import of the official judgments
 
 
-def parse_official_score(value, where: str) -> int | None:
-    """1 / 0 from the official record; None when the judge output was unparsable."""
+def parse_official_score(value) -> tuple[int | None, bool]:
+    """1 / 0 from the official record, or None when the judge output was unparsable.
+
+    The second value says whether ``value`` was an odd one (e.g. 2.0 from a judge output
+    "2", or a string): such outputs count as unparsable, with their judgment text kept.
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where}: score must be 1, 0 or null, got {value!r}")
-    if value in (0, 1):
-        return int(value)
-    if value == -1:  # FastChat's marker for a judgment it could not parse
-        return None
-    raise InputError(f"{where}: score must be 1, 0 or null, got {value!r}")
+        return None, False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value in (0, 1):
+            return int(value), False
+        if value == -1:  # FastChat's marker for a judgment it could not parse
+            return None, False
+    return None, True
 
 
 def read_official_judgments(
@@ -405,14 +407,15 @@ def read_official_judgments(
     conditions: list[str],
 ) -> dict[str, tuple[dict[int, int | None], dict[int, str]]]:
     """Scores and judge outputs per condition; exactly one judgment per question and condition."""
-    records = read_jsonl(path)
+    records, lines = read_jsonl_lines(path)
     found: dict[str, list[int]] = {c: [] for c in conditions}
     parsed: dict[str, tuple[dict[int, int | None], dict[int, str]]] = {c: ({}, {}) for c in conditions}
     question_text = {q["question_id"]: q["turns"][0] for q in questions}
     mispaired = []
     judges_seen = set()
+    odd_scores = []
     for index, record in enumerate(records, start=1):
-        where = f"{path}, record {index}"
+        where = where_in_file(str(path), lines, index)
         for field in ("question_id", "model", "score", "judgment"):
             if field not in record:
                 raise InputError(f"{where}: missing field '{field}'")
@@ -423,7 +426,9 @@ def read_official_judgments(
             raise InputError(f"{where}: question_id must be an integer, got {qid!r}")
         found[model].append(qid)
         scores, judgments = parsed[model]
-        scores[qid] = parse_official_score(record["score"], where)
+        scores[qid], odd = parse_official_score(record["score"])
+        if odd:
+            odd_scores.append(f"{where} (condition {model}, question {qid}): {record['score']!r}")
         judgments[qid] = "" if record["judgment"] is None else str(record["judgment"])
         judges_seen.add(repr(record.get("judge")))
         prompt = record.get("user_prompt")
@@ -437,6 +442,12 @@ def read_official_judgments(
     if problems:
         raise InputError(f"{path}: not exactly one judgment per question and condition:\n  " + "\n  ".join(problems))
     log.info("judge field(s) in %s: %s", path, ", ".join(sorted(judges_seen)))
+    if odd_scores:
+        log.warning(
+            "%d judgment(s) with a score other than 1, 0 or null, counted as unparsable (judgment text kept): %s",
+            len(odd_scores),
+            "; ".join(odd_scores[:20]),
+        )
     if mispaired:
         log.warning(
             "%d judgment(s) whose judge prompt does not contain their question's text (question ids %s): "
