@@ -71,8 +71,10 @@ def prepare_model(spec: dict, out_dir: str | os.PathLike,
     template = read_chat_template(spec)
     with atomic_dir(out_dir) as staging:
         provenance = builders[source](spec, staging, Path(downloads_dir))
-        if template is not None and source in ("huggingface", "local"):
-            _write_chat_template(staging, template)
+        if source in ("huggingface", "local"):
+            if template is not None:
+                _write_chat_template(staging, template)
+            _require_chat_template(staging)
         if template is not None:
             provenance["chat_template"] = {"path": spec["chat_template"], "sha256": _sha256_text(template)}
         check_checkpoint(staging, f"prepared model from source {source!r}")
@@ -462,6 +464,14 @@ def _sha256_text(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _require_chat_template(checkpoint: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if not tokenizer.chat_template and not (checkpoint / "chat_template.json").is_file():
+        raise InputError(f"{checkpoint.name}: {NO_TEMPLATE_MESSAGE}")
 
 
 def _write_chat_template(checkpoint: Path, template: str) -> None:
