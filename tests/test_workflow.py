@@ -205,3 +205,20 @@ def test_edit_variants_share_one_baseline(tmp_path):
     assert jobs["stats"] == 2 and jobs["figures"] == 2
     baseline_jobs = re.findall(r"output: results/answers/benchmark/baseline/shard", result.stdout)
     assert len(baseline_jobs) == 1
+
+
+def test_gemma3_dag_builds_offline(tmp_path):
+    """config/gemma3.yaml: model from the chunk packages, tune, three edits each verified, both prompt sets."""
+    work = copy_repo(tmp_path / "repo")
+    result = snakemake(work, "-n", "--configfile", "config/gemma3.yaml", "--cores", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = scheduled_jobs(result.stdout)
+    edits, promptsets = 3, 2
+    for rule in ("prepare_model", "refusal_tune", "activations", "fit_directions", "direction_figures"):
+        assert jobs.get(rule) == 1, f"{rule}: {jobs}"
+    assert jobs["edit_model"] == edits and jobs["verify_edit"] == edits
+    assert jobs["generate_answers"] == (1 + edits) * promptsets
+    assert jobs["judge_strmatch"] == (1 + edits) * promptsets
+    assert jobs["stats"] == edits and jobs["figures"] == edits and jobs["heldout_stats"] == edits
+    # the template file is an input of the prepare rule: editing it rebuilds the model
+    assert re.search(r"rule prepare_model:\n\s+input: resources/chat_templates/gemma_turn\.jinja", result.stdout)
