@@ -322,3 +322,36 @@ def test_real_gemma3_norm_aware_leaves_no_component_after_the_post_norms(gemma3_
         assert base > 1e-3  # a random direction has a measurable component before any edit
         assert after["norm_aware"][key] < 1e-5, (key, after["norm_aware"][key])
         assert after["reference"][key] > 0.1 * base, (key, after["reference"][key], base)
+
+
+def test_a_unigram_gguf_tokenizer_is_rebuilt_as_bpe_from_the_piece_scores(tmp_path):
+    """As for Gemma's GGUF: scores are merge priorities (higher merges first), which a Unigram
+    model misreads as log probabilities and so prefers many short pieces."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from refusal_ablation.modeling import gemma_tokenizer_as_bpe
+
+    pieces = [("<pad>", 0.0), ("<eos>", 0.0), ("<bos>", 0.0), ("<unk>", 0.0)]
+    chars = ["▁", "b", "r", "e", "a", "d", "u", "s"]
+    pieces += [(c, -1000.0 - i) for i, c in enumerate(chars)]
+    # merge ranks as Gemma's GGUF stores them: the later a merge, the lower its score, so that
+    # a long piece scores below its parts put together ("user" -1870 vs "us" -111 in Gemma 3)
+    pieces += [("re", -1.0), ("ad", -2.0), ("▁b", -3.0), ("us", -6.0), ("read", -40.0), ("▁bread", -500.0)]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    before = tokenizer.convert_ids_to_tokens(tokenizer(" bread", add_special_tokens=False)["input_ids"])
+    assert before != ["▁bread"]  # the Unigram reading splits the word
+    assert gemma_tokenizer_as_bpe(tokenizer)
+    ids = tokenizer(" bread", add_special_tokens=False)["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["▁bread"]
+    assert ids == [[piece for piece, _ in pieces].index("▁bread")]
+    assert tokenizer.tokenize(" bread us") == ["▁bread", "▁", "us"]
+    # saved and reloaded, it tokenises the same (the Unigram one reloaded character by character)
+    tokenizer.save_pretrained(tmp_path / "tok")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert reloaded(" bread", add_special_tokens=False)["input_ids"] == ids
+    assert not gemma_tokenizer_as_bpe(tokenizer)  # already BPE: left alone
