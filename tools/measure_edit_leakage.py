@@ -21,6 +21,14 @@ the effective scale w is. Random weights are not the trained model's: the number
 mechanism and its size for a given spread, not the leak of the released checkpoint.
 
 Run: .venv/bin/python tools/measure_edit_leakage.py [--layers 6] [--out leakage.csv]
+
+With ``--checkpoint`` it measures a real checkpoint instead (e.g. the refusal-tuned Gemma 3
+270M of ``config/gemma3.yaml``) with its fitted directions: write leakage per layer and path
+over every token of the construction prompts (chat-encoded as the workflow does), with each
+post-norm's effective scale spread (coefficient of variation) beside it:
+
+    .venv/bin/python tools/measure_edit_leakage.py --checkpoint resources/models/gemma-3-270m-refusal-tuned \
+        --directions results/directions/refusal_directions.npz --split results/split/prompt_split.csv
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
-from refusal_ablation.architecture import residual_writers  # noqa: E402
+from refusal_ablation.architecture import norm_scale, residual_writers  # noqa: E402
 from refusal_ablation.edit import apply_edit, plan_edit  # noqa: E402
 
 NORM_SPREADS = {
@@ -112,8 +120,62 @@ def mean_abs(states: torch.Tensor, direction: np.ndarray) -> float:
     return float((states @ torch.as_tensor(direction)).abs().mean())
 
 
+def measure_checkpoint(args) -> pd.DataFrame:
+    """Write leakage of `reference` and `norm_aware` on a real checkpoint and its directions."""
+    from refusal_ablation.edit import read_directions
+    from refusal_ablation.modeling import encode_chat, load_model
+    from refusal_ablation.split import read_split
+
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.checkpoint, dtype="float32", device="cpu")
+    structure = residual_writers(model)
+    hidden = structure.stack.hidden_size
+    directions = read_directions(args.directions)
+    split = read_split(args.split)
+    prompts = split.loc[split["split"] == "construction", "prompt"].tolist()[: args.prompts]
+    encoded = encode_chat(tokenizer, prompts)
+    writer_weights = {w.name: w.linear.weight.detach().clone() for writers in structure.writers for w in writers}
+
+    def capture():
+        totals: dict[tuple, list[float]] = {}
+        for ids in encoded:
+            writes, _ = run_and_capture(model, structure, torch.tensor([ids]))
+            for (layer, kind), states in writes.items():
+                d = torch.as_tensor(directions[layer])
+                acc = totals.setdefault((layer, kind), [0.0, 0.0, 0])
+                acc[0] += float((states @ d).abs().sum())
+                acc[1] += float(states.norm(dim=-1).sum())
+                acc[2] += states.shape[0]
+        return {key: (along / n, norm / n) for key, (along, norm, n) in totals.items()}
+
+    base = capture()
+    print(f"baseline captured ({len(encoded)} prompts, {time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    rows = []
+    for method in ("reference", "norm_aware"):
+        with torch.no_grad():
+            for writers in structure.writers:
+                for w in writers:
+                    w.linear.weight.copy_(writer_weights[w.name])
+        apply_edit(plan_edit(model, directions, method))
+        edited = capture()
+        for (layer, kind), (before, norm) in base.items():
+            writer = next(w for w in structure.writers[layer] if w.kind == kind)
+            scale = norm_scale(writer.norm, hidden) if writer.norm is not None else torch.ones(hidden)
+            rows.append(("checkpoint", method, "write", layer, kind, before, edited[(layer, kind)][0],
+                         edited[(layer, kind)][0] / before, norm, float(scale.std() / scale.mean().abs())))
+        print(f"{method}: done after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows, columns=["norm_weights", "method", "measure", "layer", "path", "baseline", "edited",
+                                       "ratio", "baseline_mean_norm", "post_norm_scale_cv"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=None, help="measure this checkpoint (needs --directions, --split)")
+    parser.add_argument("--directions", type=Path, default=None)
+    parser.add_argument("--split", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=None, help="first N construction prompts (default all)")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--sequences", type=int, default=4)
@@ -121,6 +183,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2445)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+
+    if args.checkpoint is not None:
+        if args.directions is None or args.split is None:
+            parser.error("--checkpoint needs --directions and --split")
+        frame = measure_checkpoint(args)
+        if args.out:
+            frame.to_csv(args.out, index=False)
+        table = frame.pivot_table(index=["layer", "path"], columns="method", values="ratio")
+        table["post_norm_scale_cv"] = frame.groupby(["layer", "path"])["post_norm_scale_cv"].first()
+        print(table.to_string(float_format="{:.3g}".format))
+        return
 
     started = time.monotonic()
     model = build_model(args.layers, args.vocab, args.seed)

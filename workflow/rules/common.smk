@@ -316,3 +316,8 @@ def final_targets():
     if len(JUDGES) > 1:
         targets += [f"results/stats/judge_agreement/{p}.csv" for p in PROMPTSETS]
     return targets + cost_targets()
+
+
+def chat_template_file(wildcards):
+    """The template file a model that ships none gets (config model.chat_template), if any."""
+    return config["model"].get("chat_template") or []

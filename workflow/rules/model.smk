@@ -1,4 +1,6 @@
 rule prepare_model:
+    input:
+        chat_template=chat_template_file,
     output:
         model=directory(PREPARED_MODEL),
     log:
