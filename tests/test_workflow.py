@@ -112,8 +112,9 @@ def test_reference_dag_builds_offline(tmp_path):
     assert jobs["judge_official"] == 2  # benchmark and XSTest
 
 
-# The demo run uses two edit variants (config/demo.yaml plus a second method), so that one run
-# also covers the edit-against-edit comparisons; config/demo.yaml alone is the one-edit demo.
+# The demo run uses two edit variants (config/demo.yaml plus a second method) and measures KL on
+# XSTest's safe prompts too, so that one run also covers the edit-against-edit comparisons and
+# every harmless prompt set; config/demo.yaml alone is the one-edit demo.
 DEMO_CONFIG = "config/demo_two_edits.yaml"
 DEMO_EDITS = ["reference", "norm_aware"]
 
@@ -121,6 +122,7 @@ DEMO_EDITS = ["reference", "norm_aware"]
 def write_two_edit_config(work: Path) -> Path:
     config = yaml.safe_load((work / "config/demo.yaml").read_text())
     config["edit"]["methods"] = DEMO_EDITS
+    config["cost"]["kl"]["promptsets"] = ["heldout", "xstest"]
     path = work / DEMO_CONFIG
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -231,7 +233,8 @@ def test_edit_variants_share_one_baseline(tmp_path):
     assert jobs["generate_answers"] == (1 + 2) * promptsets
     assert jobs["judge_strmatch"] == (1 + 2) * promptsets
     assert jobs["stats"] == 2 and jobs["figures"] == 2
-    assert jobs["kl_divergence"] == 2 * 2 and jobs["kl_summary"] == 2 and jobs["kl_comparisons"] == 1
+    # KL on the demo config's held-out safe prompts only, per edit
+    assert jobs["kl_divergence"] == 2 * 1 and jobs["kl_summary"] == 2 and jobs["kl_comparisons"] == 1
     assert jobs["compare_conditions"] == 2  # benchmark and XSTest: edit against edit
     assert jobs["xstest_stats"] == 1 and jobs["tradeoff"] == 1
     baseline_jobs = re.findall(r"output: results/answers/benchmark/baseline/shard", result.stdout)

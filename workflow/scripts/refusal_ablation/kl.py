@@ -247,16 +247,20 @@ def run_kl(
     baseline, tokenizer = load_model(baseline_model, device=device, threads=threads)
     prompts = encode_chat(tokenizer, [q["turns"][0] for q in questions])
     encoded = [tokenizer(texts[q["question_id"]], add_special_tokens=False)["input_ids"] for q in questions]
+    answers = [ids[: int(max_tokens)] for ids in encoded]
     mismatched = sum(
-        len(ids) != recorded[q["question_id"]] for ids, q in zip(encoded, questions) if q["question_id"] in recorded
+        len(ids) != min(recorded[q["question_id"]], int(max_tokens))
+        for ids, q in zip(answers, questions)
+        if q["question_id"] in recorded
     )
     if mismatched:
         log.warning(
-            "%d of %d baseline answers re-encode to another token count than generation recorded",
+            "%d of %d baseline answers re-encode to another number of tokens (within the first %d) than "
+            "generation recorded: their teacher-forced tokens are the text's own encoding",
             mismatched,
             len(questions),
+            max_tokens,
         )
-    answers = [ids[: int(max_tokens)] for ids in encoded]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     log.info(
         "%s: %d harmless prompts, %d teacher-forced answer tokens in all (cap %d per prompt)",
