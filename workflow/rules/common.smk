@@ -155,6 +155,7 @@ def input_checks():
     from refusal_ablation.benchmark import read_benchmark_file
     from refusal_ablation.io import verify_sha256
     from refusal_ablation.split import policy_area_split, read_construction_csv
+    from refusal_ablation.xstest import read_xstest
 
     spec = config["construction"]
 
@@ -180,6 +181,14 @@ def input_checks():
                 config["benchmark"]["path"],
                 lambda path: read_benchmark_file(path, style),
             )
+        )
+    xstest = config.get("cost", {}).get("xstest", {})
+    if COST and (xstest.get("source") == "local" or Path(xstest_csv()).exists()):
+        key = (
+            "cost.xstest.path" if xstest.get("source") == "local" else "cost.xstest.url"
+        )
+        checks.append(
+            (key, xstest_csv(), lambda path: read_xstest(path, xstest.get("sha256")))
         )
     return checks
 
@@ -207,11 +216,6 @@ def check_inputs_before_any_job():
         )
 
 
-# jobs that Snakemake runs in their own process (cluster, SLURM) parse this file again
-if workflow.is_main_process:
-    check_inputs_before_any_job()
-
-
 onerror:
     # answers that a failed run never finished would otherwise keep a temporary edited
     # checkpoint (gigabytes) under results/models/; the next run rebuilds it
@@ -227,8 +231,9 @@ onerror:
 
 
 def xstest_csv():
-    if config["cost"]["xstest"]["source"] == "local":
-        return config["cost"]["xstest"]["path"]
+    xstest = config.get("cost", {}).get("xstest", {})
+    if xstest.get("source") == "local":
+        return xstest["path"]
     return "resources/xstest/xstest_prompts.csv"
 
 
@@ -321,3 +326,8 @@ def final_targets():
 def chat_template_file(wildcards):
     """The template file a model that ships none gets (config model.chat_template), if any."""
     return config["model"].get("chat_template") or []
+
+
+# jobs that Snakemake runs in their own process (cluster, SLURM) parse this file again
+if workflow.is_main_process:
+    check_inputs_before_any_job()
