@@ -56,7 +56,7 @@ SELECTION_DEFAULTS = {
 wildcard_constraints:
     condition=r"baseline|edited_[A-Za-z0-9_]+",
     edit="|".join(map(re.escape, EDITS)),
-    promptset="|".join(PROMPTSETS),
+    promptset="|".join(sorted(set(PROMPTSETS) | set(KL_PROMPTSETS))),
     judge=r"[A-Za-z0-9_]+",
     shard=r"\d+",
     nshards=r"\d+",
