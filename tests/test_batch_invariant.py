@@ -10,6 +10,7 @@ same checks with CUDA graphs, and on the SmolLM2 checkpoint when one is named by
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -188,3 +189,38 @@ def test_smollm2_answers_are_batch_invariant_on_gpu():
     prompts = [list(p) for p in encode_chat(tokenizer, questions[:8])]
     prompts += [p + p for p in prompts]  # longer prompts, other buckets
     _gpu_invariance(model, prompts, [96] * len(prompts))
+
+
+def test_a_resume_reuses_answers_of_the_same_mode_only(tmp_path, caplog):
+    from refusal_ablation import io
+    from refusal_ablation.generation import generate_shard, partial_paths, resume_meta
+
+    model_dir = build_tiny_llama(tmp_path / "model")
+    questions = tmp_path / "questions.jsonl"
+    io.write_jsonl(questions, [{"question_id": i, "category": "1", "turns": [q], "prompt_style": "base"}
+                               for i, q in enumerate(["Hi", "Name a river.", "Why?", "Tell me a joke."], start=1)])
+
+    def run(out, invariant):
+        generation = {"max_new_tokens": 8, "batch_size": 2, "batch_invariant": invariant}
+        return generate_shard(questions, model_dir, out / "a.jsonl", out / "a.csv", "baseline", 0, 1, generation,
+                              "cpu")
+
+    caplog.set_level("INFO")
+    run(tmp_path / "whole", True)
+    assert "generation mode: batch-invariant" in caplog.text
+    whole = (tmp_path / "whole" / "a.jsonl").read_bytes()
+    for invariant, reused in ((True, 2), (False, 0)):
+        out = tmp_path / f"resumed-{invariant}"
+        run(out, True)
+        answers = out / "a.jsonl"
+        partial, meta = partial_paths(answers)
+        # as an interrupted invariant run leaves it: two answers in the sidecar, no answer file
+        records = [{"question_id": a["question_id"], "text": io.answer_text(a), "answer_tokens": 1,
+                    "hit_token_limit": False} for a in io.read_answers(answers)[:2]]
+        answers.unlink()
+        meta.write_text(json.dumps(resume_meta(model_dir, io.read_questions(questions), "baseline", 8, True)) + "\n")
+        partial.write_text("".join(json.dumps(r) + "\n" for r in records))
+        summary = run(out, invariant)
+        assert summary.n_reused == reused
+        if invariant:
+            assert answers.read_bytes() == whole
