@@ -176,7 +176,11 @@ def _job(questions, model_dir, out_dir: Path, generation: dict, condition="basel
 
 
 def resume(questions, model_dir, work: Path, generation: dict, kill_after: int) -> dict:
-    """An uninterrupted run against one killed (SIGKILL) after ``kill_after`` answers and rerun."""
+    """An uninterrupted run against one killed (SIGKILL) after ``kill_after`` answers and rerun.
+
+    Answers that finish in the same decode step reach the sidecar together, so a run whose
+    answers all end at once can finish before the kill: ``killed_midway`` says whether it came.
+    """
     whole = _job(questions, model_dir, work / "whole", generation)
     killed = work / "killed"
     killed.mkdir(parents=True, exist_ok=True)
@@ -285,7 +289,7 @@ def main(argv=None) -> int:
             generation = {"max_new_tokens": args.cap, "batch_size": "auto", "engine": "auto",
                           "batch_invariant": invariant}
             report[f"resume_{mode}"] = resume(questions, low, work / f"resume-{mode}", generation,
-                                              kill_after=len(texts) // 2)
+                                              kill_after=max(1, len(texts) // 4))
             log.info("resume %s: %s", mode, report[f"resume_{mode}"])
             save()
     if "demo" not in skip:
