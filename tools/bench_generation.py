@@ -8,7 +8,8 @@ architecture (bf16, built directly on the GPU, nothing downloaded) and the same 
   8 for a fixed number of steps) and its time for the whole mix is extrapolated from the
   measured time per step: a batch costs (longest answer in it) x (time per step);
 - the project's engine (``refusal_ablation.engine``, continuous batching with CUDA graphs)
-  on the whole mix.
+  on the whole mix, in its fast mode and (unless ``--no-invariant``) in its batch-invariant
+  mode (``generation.batch_invariant``: each answer a function of its prompt alone).
 
 Answer lengths are forced to a realistic mix through per-sequence token caps with no stop
 token: about half short refusals (20-120 tokens), most of the rest 300-1,200 tokens, a few
@@ -37,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
-from refusal_ablation.engine import _SlotDecoder, iter_greedy  # noqa: E402
+from refusal_ablation.engine import _exact_cublas_reductions, _SlotDecoder, iter_greedy  # noqa: E402
 
 log = logging.getLogger("bench_generation")
 
@@ -184,11 +185,14 @@ def run_reference(model, prompts, lengths, batch: int, steps: int, n_batches: in
             "tokens_per_s": sum(lengths) / total_s}
 
 
-def run_engine(model, prompts, lengths, batch_size, cost: StepCost, ceilings: dict, fuse_norms=None) -> dict:
-    decoder = _SlotDecoder(model, prompts, lengths, [], 0, batch_size, cuda_graphs=None, fuse_norms=fuse_norms)
+def run_engine(model, prompts, lengths, batch_size, cost: StepCost, ceilings: dict, fuse_norms=None,
+               batch_invariant=False) -> dict:
+    decoder = _SlotDecoder(model, prompts, lengths, [], 0, batch_size, cuda_graphs=None, fuse_norms=fuse_norms,
+                           batch_invariant=batch_invariant)
     decoder.trace = []
     start = time.monotonic()
-    results = {r.index: r for r in decoder.run()}
+    with _exact_cublas_reductions(batch_invariant and decoder.device.type == "cuda"):
+        results = {r.index: r for r in decoder.run()}
     wall = time.monotonic() - start
     sample = range(min(4, len(prompts)))
     gaps = logit_gaps(model, [prompts[i] for i in sample], [results[i].tokens[:48] for i in sample])
@@ -260,6 +264,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-batch-sizes", default="", help="comma-separated engine batch sizes to also run")
     parser.add_argument("--unfused-too", action="store_true",
                         help="also run the engine without compiled RMSNorms, side by side")
+    parser.add_argument("--no-invariant", action="store_true",
+                        help="skip the engine's batch-invariant mode (run by default beside the fast mode)")
     parser.add_argument("--reference-batches", type=int, default=2)
     parser.add_argument("--reference-steps", type=int, default=64)
     parser.add_argument("--agreement-prompts", type=int, default=8)
@@ -356,6 +362,13 @@ def main(argv=None) -> int:
     for extra in filter(None, args.extra_batch_sizes.split(",")):
         report[f"engine_batch_{extra}"] = run_engine(model, prompts, lengths, int(extra), cost, ceilings)
         log.info("engine batch %s: %s", extra, report[f"engine_batch_{extra}"])
+    if not args.no_invariant:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        report["engine_invariant"] = run_engine(model, prompts, lengths, batch_size, cost, ceilings,
+                                                batch_invariant=True)
+        log.info("engine, batch-invariant mode: %s", report["engine_invariant"])
+        save()
     if args.unfused_too:
         report["engine_unfused"] = run_engine(model, prompts, lengths, batch_size, cost, ceilings, fuse_norms=False)
         log.info("engine without compiled norms: %s", report["engine_unfused"])
@@ -399,6 +412,16 @@ def main(argv=None) -> int:
                      f"{plain['bandwidth_fraction_decode']:.1%} of the bound over decode time "
                      f"({plain['bandwidth_fraction_wall']:.1%} of wall); with them: x"
                      f"{engine['tokens_per_s'] / plain['tokens_per_s']:.2f}")
+    if "engine_invariant" in report:
+        inv = report["engine_invariant"]
+        report["invariant_over_fast"] = inv["tokens_per_s"] / engine["tokens_per_s"]
+        lines.append(f"engine, batch-invariant mode: batch {inv['batch_size']}, {inv['tokens_per_s']:.0f} tok/s "
+                     f"({inv['wall_seconds']:.1f} s wall: prefill {inv['prefill_seconds']:.1f} s, decode "
+                     f"{inv['decode_seconds']:.1f} s incl. {inv['graphs']} graph captures "
+                     f"{inv['graph_capture_seconds']:.1f} s); {report['invariant_over_fast']:.1%} of the fast mode")
+        if "reference" in report:
+            report["invariant_ratio"] = inv["tokens_per_s"] / report["reference"]["tokens_per_s"]
+            lines.append(f"ratio batch-invariant engine / reference: {report['invariant_ratio']:.0f}x")
     lines.append(f"engine tokens' logit gaps: {engine['logit_gaps_first_48_tokens_of_4_answers']}")
     lines.append(f"estimated generation time of the reference experiment (2 x 440 prompts, cap 4096, this mix): "
                  f"{report['estimate_reference_experiment_seconds'] / 60:.1f} min")

@@ -18,6 +18,19 @@ Both are greedy and deterministic and compute what ``model.generate`` with
 (tests/test_engine.py); on a GPU, batched kernels round differently, which can flip an
 argmax between near-tied logits (see docs/performance.md). ``"auto"`` picks ``"continuous"``
 when the model's structure and generation config allow it.
+
+With ``batch_invariant=True`` every answer is a function of its own prompt (with the model,
+dtype and cap) alone, bit for bit, whatever the batch size, the other prompts decoded beside
+it, its slot or the point a run resumed from. On a GPU in bf16 the fast mode does not give
+that: the reduction order of some kernels depends on tensor shapes that the other sequences
+set (the length bucket of the key buffer, the padded prefill batch, the decode batch). The
+invariant mode removes each such dependence (see ``_SlotDecoder``): every prompt is prefilled
+alone; decode attention over full-attention layers is computed in fixed 256-key chunks whose
+partial sums are added one chunk after another, so the keys beyond a sequence's own length
+add exact zeros whatever the bucket; sliding-window rings always have the window's length;
+no decode batch is narrower than ``INVARIANT_MIN_BATCH`` rows (PyTorch's row reductions pick
+their thread layout from the number of rows below that); RMSNorms run eagerly (a compiled
+kernel's launch configuration is tuned per process); and cuBLAS may not reduce in bf16.
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ ENGINES = ("auto", "continuous", "generate")
 CPU_MAX_SLOTS = 64
 CPU_CACHE_BUDGET = 2 * 2**30  # bytes of key/value buffers on a CPU
 DECODE_ATTENTION = "refusal_ablation_decode"
+INVARIANT_ATTENTION = "refusal_ablation_decode_invariant"
+INVARIANT_CHUNK = 256  # keys per attention chunk in batch-invariant mode
+INVARIANT_MIN_BATCH = 16  # narrowest decode batch in batch-invariant mode
 # generation-config fields that make model.generate's greedy choice differ from a plain argmax
 _GREEDY_CHANGING_FIELDS = {
     "repetition_penalty": (None, 1.0),
@@ -82,6 +98,7 @@ def iter_greedy(
     cuda_graphs: bool | None = None,
     share_prefix: bool = True,
     fuse_norms: bool | None = None,
+    batch_invariant: bool = False,
 ) -> Iterator[Finished]:
     """Greedy answers for token-id prompts, yielded in the order they finish.
 
@@ -90,7 +107,9 @@ def iter_greedy(
     together (``"auto"``: as many as free GPU memory holds). ``cuda_graphs`` (continuous
     engine on CUDA only) defaults to on. ``share_prefix`` (continuous engine): prefill the tokens
     every prompt starts with once (see ``prefix``). ``fuse_norms`` (with CUDA graphs; default
-    on): decode with each RMSNorm compiled into one kernel.
+    on): decode with each RMSNorm compiled into one kernel. ``batch_invariant``: each answer
+    depends on its own prompt alone (see the module docstring); it turns prefix sharing and
+    compiled norms off, and the ``"generate"`` engine then decodes one prompt at a time.
     """
     if len(prompts) != len(max_new_tokens):
         raise ValueError(
@@ -121,13 +140,16 @@ def iter_greedy(
             raise ValueError(f"iter_greedy: the continuous engine cannot run this model: {reason}")
 
     if engine == "generate":
-        size = 8 if batch_size == "auto" else batch_size
+        # one prompt at a time is the only model.generate batch whose shapes no other prompt sets
+        size = 1 if batch_invariant else 8 if batch_size == "auto" else batch_size
         yield from _iter_generate(model, prompts, caps, stop_ids, pad_token_id, size)
         return
     decoder = _SlotDecoder(
-        model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix, fuse_norms
+        model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix, fuse_norms,
+        batch_invariant=batch_invariant,
     )
-    yield from decoder.run()
+    with _exact_cublas_reductions(batch_invariant and decoder.device.type == "cuda"):
+        yield from decoder.run()
 
 
 def _cut(tokens: Sequence[int], cap: int, stop_ids: set[int]) -> tuple[list[int], bool]:
@@ -216,8 +238,71 @@ def _decode_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     return out.reshape(batch, 1, n_heads, value.shape[-1]), None
 
 
+def _invariant_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None,
+                                **kwargs):
+    """``_decode_attention`` whose result for a row does not depend on the key-buffer length.
+
+    Keys are taken in chunks of ``INVARIANT_CHUNK`` (a buffer of another length, a sliding
+    ring, is one chunk: its length is fixed). Every reduction has a fixed shape: scores and
+    value products per chunk, the softmax's maximum over all keys (a maximum is exact in
+    any order), and the chunks' partial sums added in order. Masked keys contribute exact
+    zeros, so a longer bucket leaves the sum bit for bit the same.
+    """
+    batch, n_heads, q_len, head_dim = query.shape
+    if q_len != 1:
+        raise ValueError(f"{INVARIANT_ATTENTION} handles one query token per row, got {q_len}")
+    n_kv, length = key.shape[1], key.shape[2]
+    chunk = INVARIANT_CHUNK if length % INVARIANT_CHUNK == 0 else length
+    n_chunks = length // chunk
+    scale = scaling if scaling is not None else head_dim**-0.5
+    grouped = query.reshape(batch, n_kv, 1, n_heads // n_kv, head_dim)
+    keys = key.reshape(batch, n_kv, n_chunks, chunk, key.shape[-1])
+    values = value.reshape(batch, n_kv, n_chunks, chunk, value.shape[-1])
+    scores = torch.matmul(grouped, keys.transpose(-1, -2))  # [batch, kv, chunks, group, chunk]
+    if scale != 1.0:
+        scores = scores * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        mask = attention_mask.reshape(batch, 1, n_chunks, 1, chunk)
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    scores = scores.float()
+    top = scores.amax(dim=-1, keepdim=True).amax(dim=2, keepdim=True)
+    weights = torch.exp(scores - top)
+    sums = weights.sum(dim=-1)  # [batch, kv, chunks, group]
+    parts = torch.matmul(weights.to(value.dtype), values)  # [batch, kv, chunks, group, value dim]
+    total, out = sums[:, :, 0], parts[:, :, 0].float()
+    for c in range(1, n_chunks):
+        total = total + sums[:, :, c]
+        out = out + parts[:, :, c].float()
+    out = (out / total[..., None]).to(value.dtype)
+    return out.reshape(batch, 1, n_heads, value.shape[-1]), None
+
+
 def _register_decode_attention() -> None:
     AttentionInterface.register(DECODE_ATTENTION, _decode_attention)
+    AttentionInterface.register(INVARIANT_ATTENTION, _invariant_decode_attention)
+
+
+class _exact_cublas_reductions:
+    """While active: cuBLAS may not reduce bf16/fp16 products in reduced precision (restored after)."""
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            matmul = torch.backends.cuda.matmul
+            self.saved = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction)
+            matmul.allow_bf16_reduced_precision_reduction = False
+            matmul.allow_fp16_reduced_precision_reduction = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            matmul = torch.backends.cuda.matmul
+            matmul.allow_bf16_reduced_precision_reduction, matmul.allow_fp16_reduced_precision_reduction = self.saved
+        return False
 
 
 def _fused_norm_forwards(model) -> list[tuple[torch.nn.Module, object]]:
@@ -243,13 +328,13 @@ def _fused_norm_forwards(model) -> list[tuple[torch.nn.Module, object]]:
     return pairs
 
 
-def _batch_buckets(limit: int) -> list[int]:
+def _batch_buckets(limit: int, smallest: int = 1) -> list[int]:
     sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256]
     size = 256
     while size < limit:
         size += 64
         sizes.append(size)
-    return sorted({s for s in sizes if s < limit} | {limit})
+    return sorted({s for s in sizes if smallest <= s < limit} | {max(limit, smallest)})
 
 
 def _length_bucket(needed: int, limit: int) -> int:
@@ -266,12 +351,13 @@ class _SlotCache(Cache):
     buckets come from tensor shapes.
     """
 
-    def __init__(self, layouts: dict[int, tuple], slots: int, max_len: int, device) -> None:
+    def __init__(self, layouts: dict[int, tuple], slots: int, max_len: int, device, full_rings: bool = False) -> None:
         super().__init__(layers=[])
         self.keys, self.values, self.sliding = {}, {}, set()
         self.ring = None
         for layer_idx, (n_kv, key_dim, value_dim, dtype, window) in layouts.items():
-            length = max_len if window is None else min(window, max_len)
+            # full_rings: a ring of the window's length even when no sequence reaches it
+            length = max_len if window is None else window if full_rings else min(window, max_len)
             if window is not None:
                 self.sliding.add(layer_idx)
                 self.ring = length
@@ -342,11 +428,15 @@ class _SlotDecoder:
     """Continuous-batching greedy decoder over a fixed number of slots (see the module docstring)."""
 
     def __init__(self, model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix=True,
-                 fuse_norms=None):
+                 fuse_norms=None, batch_invariant=False):
         self.model, self.prompts, self.caps = model, prompts, caps
         self.stop_ids, self.pad = stop_ids, int(pad_token_id)
         self.device = next(model.parameters()).device
         self.use_graphs = self.device.type == "cuda" and cuda_graphs is not False
+        self.invariant = bool(batch_invariant)
+        if self.invariant:
+            # a shared prefix is chosen from all prompts, and a compiled norm's kernel per process
+            share_prefix, fuse_norms = False, False
         # (module, compiled forward) pairs put in place for the captured decode steps only
         self.fused_norms = _fused_norm_forwards(model) if self.use_graphs and fuse_norms is not False else []
         layers = find_decoder_stack(model).layers
@@ -355,6 +445,9 @@ class _SlotDecoder:
         self.layer_types = getattr(text_config, "layer_types", None)
         self.window = getattr(text_config, "sliding_window", None)
         self.max_len = max(len(p) + c for p, c in zip(prompts, caps))
+        if self.invariant:
+            # every length bucket a whole number of attention chunks
+            self.max_len = math.ceil(self.max_len / INVARIANT_CHUNK) * INVARIANT_CHUNK
         # a prefix every prompt starts with (a default system prompt) is prefilled once
         self.n_shared = prefix_to_share(model, prompts) if share_prefix else 0
         self.shared: SharedPrefix | None = None
@@ -362,20 +455,24 @@ class _SlotDecoder:
         with torch.inference_mode():
             layouts = self._cache_layouts()
         per_slot = sum(
-            n_kv * (self.max_len if w is None else min(w, self.max_len)) * (kd + vd) * dtype.itemsize
+            n_kv * (self.max_len if w is None else w if self.invariant else min(w, self.max_len))
+            * (kd + vd) * dtype.itemsize
             for n_kv, kd, vd, dtype, w in layouts.values()
         )
         self.slots = self._slot_count(batch_size, per_slot, len(prompts))
-        self.cache = _SlotCache(layouts, self.slots, self.max_len, self.device)
+        # decode batches pad up to INVARIANT_MIN_BATCH rows in batch-invariant mode: the cache holds them
+        rows = max(self.slots, INVARIANT_MIN_BATCH) if self.invariant else self.slots
+        self.cache = _SlotCache(layouts, rows, self.max_len, self.device, full_rings=self.invariant)
         log.info(
-            "continuous engine: %d prompts, %d slots, %.1f MiB cache per slot, %d positions, cuda graphs %s",
+            "continuous engine: %d prompts, %d slots, %.1f MiB cache per slot, %d positions, cuda graphs %s, %s",
             len(prompts), self.slots, per_slot / 2**20, self.max_len, "on" if self.use_graphs else "off",
+            "batch-invariant" if self.invariant else "fast (not batch-invariant)",
         )
-        self.batch_buckets = _batch_buckets(self.slots)
+        self.batch_buckets = _batch_buckets(self.slots, INVARIANT_MIN_BATCH if self.invariant else 1)
         # device-side step inputs and outputs: fixed addresses so that graphs can replay them
-        self.token_in = torch.full((self.slots,), self.pad, dtype=torch.long, device=self.device)
-        self.position_in = torch.zeros((self.slots,), dtype=torch.long, device=self.device)
-        self.token_out = torch.zeros((self.slots,), dtype=torch.long, device=self.device)
+        self.token_in = torch.full((rows,), self.pad, dtype=torch.long, device=self.device)
+        self.position_in = torch.zeros((rows,), dtype=torch.long, device=self.device)
+        self.token_out = torch.zeros((rows,), dtype=torch.long, device=self.device)
         self.columns = torch.arange(self.max_len, device=self.device)
         self.graphs: dict[tuple[int, int], object] = {}
         self.graph_pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
@@ -482,7 +579,7 @@ class _SlotDecoder:
         """One decode step on slots [0, batch): reads token_in/position_in, writes token_out."""
         saved = [c._attn_implementation_internal for c in self.attn_configs]
         for config in self.attn_configs:
-            config._attn_implementation_internal = DECODE_ATTENTION
+            config._attn_implementation_internal = INVARIANT_ATTENTION if self.invariant else DECODE_ATTENTION
         for module, forward in self.fused_norms:
             module.forward = forward
         try:
@@ -538,8 +635,9 @@ class _SlotDecoder:
         self.pending = deque(sorted(range(n), key=lambda i: (len(self.prompts[i]), i)))
         self.slot_prompt: list[int] = []  # prompt index of each active slot (slots [0, active))
         self.slot_answer: list[list[int]] = []
-        self.token = np.full(self.slots, self.pad, dtype=np.int64)
-        self.position = np.zeros(self.slots, dtype=np.int64)
+        rows = self.token_in.shape[0]  # slots, or more in batch-invariant mode (padding rows)
+        self.token = np.full(rows, self.pad, dtype=np.int64)
+        self.position = np.zeros(rows, dtype=np.int64)
         self.generated = 0
         started = time.monotonic()
         while self.pending or self.slot_prompt:
@@ -599,7 +697,8 @@ class _SlotDecoder:
         chunks, chunk = [], []
         for i in admitted:  # already sorted by prompt length
             width = max([len(self.prompts[j]) for j in chunk] + [len(self.prompts[i])])
-            if chunk and width * (len(chunk) + 1) > budget:
+            # batch-invariant: each prompt prefilled alone, so no other prompt sets its shapes
+            if chunk and (self.invariant or width * (len(chunk) + 1) > budget):
                 chunks.append(chunk)
                 chunk = []
             chunk.append(i)

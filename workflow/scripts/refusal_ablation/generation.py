@@ -23,7 +23,7 @@ import pandas as pd
 from . import io
 from .benchmark import shard_indices
 from .engine import iter_greedy
-from .modeling import context_window, encode_chat, load_model, model_identity, stop_token_ids
+from .modeling import context_window, encode_chat, load_model, model_identity, resolve_device, stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,23 @@ def _questions_digest(questions: list[dict]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def resume_meta(model_dir, questions: list[dict], condition: str, max_new_tokens: int) -> dict:
-    """What must be unchanged for half-finished answers to be reused."""
+def batch_invariant_mode(value, device: str) -> bool:
+    """``generation.batch_invariant`` (true, false or "auto": on for CUDA) for a resolved device."""
+    if value == "auto":
+        return str(device).startswith("cuda")
+    if isinstance(value, bool):
+        return value
+    raise io.InputError(f"config generation.batch_invariant must be true, false or 'auto', got {value!r}")
+
+
+def resume_meta(model_dir, questions: list[dict], condition: str, max_new_tokens: int,
+                batch_invariant: bool | None = None) -> dict:
+    """What must be unchanged for half-finished answers to be reused.
+
+    ``batch_invariant`` (when given) is recorded too: answers of the two modes are not mixed.
+    """
     identity = json.dumps(model_identity(model_dir), sort_keys=True)
+    extra = {} if batch_invariant is None else {"batch_invariant": bool(batch_invariant)}
     return {
         "condition": condition,
         "model": hashlib.sha256(identity.encode()).hexdigest(),
@@ -58,6 +72,7 @@ def resume_meta(model_dir, questions: list[dict], condition: str, max_new_tokens
         "question_ids": [q["question_id"] for q in questions],
         "questions_sha256": _questions_digest(questions),
         "decoding": "greedy",
+        **extra,
     }
 
 
@@ -155,7 +170,11 @@ def generate_shard(questions_jsonl, model_dir, out_answers, out_lengths, conditi
                                      and batch_size >= 1)):
         raise io.InputError(f"config generation.batch_size must be a positive integer or 'auto', got {batch_size!r}")
     engine = generation.get("engine", "auto")
-    meta = resume_meta(model_dir, mine, condition, max_new_tokens)
+    invariant = batch_invariant_mode(generation.get("batch_invariant", "auto"), resolve_device(device))
+    if invariant:
+        # cuBLAS: a fixed workspace per stream, so kernel choice cannot vary with what else runs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    meta = resume_meta(model_dir, mine, condition, max_new_tokens, invariant)
     done = load_partial(out_answers, meta)
     todo = [i for i, q in enumerate(mine) if q["question_id"] not in done]
     log.info("shard %d of %d: %d questions, %d answers reused from an interrupted run, %d to generate",
@@ -173,11 +192,13 @@ def generate_shard(questions_jsonl, model_dir, out_answers, out_lengths, conditi
         stop_ids = stop_token_ids(tokenizer, model)
         log.info("batch size %s, engine %s, stop tokens %s, token cap %d", batch_size, engine,
                  tokenizer.convert_ids_to_tokens(stop_ids), max_new_tokens)
+        log.info("generation mode: %s", "batch-invariant (each answer a function of its prompt alone)"
+                 if invariant else "fast (answers may depend on the batch they were decoded in)")
         start, n_tokens = time.monotonic(), 0
         with open(partial, "a", encoding="utf-8") as fh, \
                 tqdm(total=len(todo), desc=f"answers {condition}", unit="answer", file=sys.stderr) as bar:
             for finished in iter_greedy(model, encoded, caps, stop_ids, tokenizer.pad_token_id, batch_size,
-                                        engine=engine):
+                                        engine=engine, batch_invariant=invariant):
                 qid = mine[todo[finished.index]]["question_id"]
                 entry = {"text": tokenizer.decode(finished.tokens, skip_special_tokens=True).strip(),
                          "answer_tokens": len(finished.tokens), "hit_token_limit": bool(finished.hit_limit)}
