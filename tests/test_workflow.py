@@ -452,18 +452,22 @@ def test_reference_dry_run_checks_the_downloaded_construction_hash(tmp_path):
     assert result.returncode != 0
     assert "config construction.sha256" in output and "SHA-256 mismatch" in output, output[-3000:]
 
+
 def test_gemma3_dag_builds_offline(tmp_path):
-    """config/gemma3.yaml: model from the chunk packages, tune, three edits each verified, both prompt sets."""
+    """config/gemma3.yaml: model from the chunk packages, tune, three edits each verified, the
+    benchmark, held-out and XSTest prompt sets, the cost, the arditi selection, the dose-response."""
     work = copy_repo(tmp_path / "repo")
     result = snakemake(work, "-n", "--configfile", "config/gemma3.yaml", "--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = scheduled_jobs(result.stdout)
-    edits, promptsets = 3, 2
-    for rule in ("prepare_model", "refusal_tune", "activations", "fit_directions", "direction_figures"):
+    edits, promptsets = 3, 3
+    for rule in ("prepare_model", "refusal_tune", "activations", "fit_directions", "direction_figures",
+                 "select_arditi_direction", "xstest_questions", "tradeoff", "dose_response"):
         assert jobs.get(rule) == 1, f"{rule}: {jobs}"
     assert jobs["edit_model"] == edits and jobs["verify_edit"] == edits
     assert jobs["generate_answers"] == (1 + edits) * promptsets
     assert jobs["judge_strmatch"] == (1 + edits) * promptsets
     assert jobs["stats"] == edits and jobs["figures"] == edits and jobs["heldout_stats"] == edits
+    assert jobs["kl_divergence"] == edits * 2  # held-out safe and XSTest safe prompts
     # the template file is an input of the prepare rule: editing it rebuilds the model
     assert re.search(r"rule prepare_model:\n\s+input: resources/chat_templates/gemma_turn\.jinja", result.stdout)
