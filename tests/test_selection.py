@@ -134,16 +134,19 @@ def test_kl_filter_and_depth_filter_exclude_the_planted_layer(planted):
     assert shallow_only.loc[shallow_only["selected"], "layer"].item() != 5
 
 
-def test_no_candidate_passing_kl_falls_back_to_shallow_layers():
+def test_no_candidate_passing_kl_falls_back_to_the_least_moving_shallow_layer():
     frame = pd.DataFrame(
         {
-            "layer": [0, 1, 2],
-            "refusal_score": [1.0, -2.0, np.nan],
-            "passes_depth": [True, True, False],
-            "passes_kl": [False, False, False],
+            "layer": [0, 1, 2, 3],
+            "refusal_score": [1.0, -20.0, -3.0, np.nan],
+            "kl_harmless": [0.9, 35.0, 0.5, np.nan],
+            "passes_depth": [True, True, True, False],
+            "passes_kl": [False, False, False, False],
         }
     )
-    assert select_layer(frame) == 1
+    assert select_layer(frame) == 2  # not layer 1, whose removal breaks the model
+    frame.loc[0, "passes_kl"] = True
+    assert select_layer(frame) == 0
     with pytest.raises(ValueError, match="max_layer_fraction"):
         select_layer(frame.assign(passes_depth=False))
 

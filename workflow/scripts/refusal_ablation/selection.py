@@ -17,8 +17,10 @@ last prompt token's direction the workflow already fits):
 - depth filter: layer < ``max_layer_fraction`` x number of layers.
 
 The selected layer is the candidate with the lowest refusal score among those that pass
-both filters. If none passes the KL filter, the one with the lowest refusal score that
-passes the depth filter is taken, flagged in the table and the log. (Arditi et al. also
+both filters. If none passes the KL filter, the shallow candidate that moves the safe
+prompts least (lowest KL) is taken, flagged (``passes_kl`` false in the record) and
+warned about: the candidate with the least refusal left is then usually one that breaks
+the model (measured on the Gemma 3 organism: first-token KL of 35 nats). (Arditi et al. also
 require that adding the direction induces refusal on harmless prompts; that filter is not
 applied here.)
 """
@@ -187,12 +189,19 @@ def score_candidates(
 def select_layer(frame: pd.DataFrame) -> int:
     """Row index of the chosen candidate (see the module docstring for the rule)."""
     eligible = frame[frame["passes_depth"] & frame["passes_kl"]]
-    if eligible.empty:
-        eligible = frame[frame["passes_depth"]]
-        if eligible.empty:
-            raise ValueError("no layer passes the depth filter; raise edit.selection.max_layer_fraction")
-        log.warning("no candidate passes the KL filter; taking the lowest refusal score among all shallow layers")
-    return int(eligible["refusal_score"].idxmin())
+    if not eligible.empty:
+        return int(eligible["refusal_score"].idxmin())
+    shallow = frame[frame["passes_depth"]]
+    if shallow.empty:
+        raise ValueError("no layer passes the depth filter; raise edit.selection.max_layer_fraction")
+    chosen = int(shallow["kl_harmless"].idxmin())
+    log.warning(
+        "no candidate passes the KL filter (lowest KL %.3g > edit.selection.kl_threshold); taking the "
+        "candidate that moves the safe prompts least, layer %s",
+        shallow.loc[chosen, "kl_harmless"],
+        shallow.loc[chosen, "layer"],
+    )
+    return chosen
 
 
 def run_selection(
