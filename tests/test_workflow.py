@@ -112,16 +112,18 @@ def test_reference_dag_builds_offline(tmp_path):
     assert jobs["judge_official"] == 2  # benchmark and XSTest
 
 
-# The demo run uses two edit variants (config/demo.yaml plus a second method) and measures KL on
-# XSTest's safe prompts too, so that one run also covers the edit-against-edit comparisons and
-# every harmless prompt set; config/demo.yaml alone is the one-edit demo.
+# The demo run uses two edit variants (config/demo.yaml's full reference edit plus a one-point
+# sweep at half strength) and measures KL on XSTest's safe prompts too, so that one run also
+# covers the edit-against-edit comparisons, the dose-response and every harmless prompt set.
 DEMO_CONFIG = "config/demo_two_edits.yaml"
-DEMO_EDITS = ["reference", "norm_aware"]
+DEMO_EDITS = ["reference", "reference_s050"]
+DEMO_SWEEP = {"method": ["reference"], "scale": [0.5]}
 
 
 def write_two_edit_config(work: Path) -> Path:
     config = yaml.safe_load((work / "config/demo.yaml").read_text())
-    config["edit"]["methods"] = DEMO_EDITS
+    config["edit"]["methods"] = ["reference"]
+    config["edit"]["sweep"] = DEMO_SWEEP
     config["cost"]["kl"]["promptsets"] = ["heldout", "xstest"]
     path = work / DEMO_CONFIG
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -195,6 +197,41 @@ def test_demo_edit_lowers_refusal(demo_run):
 
 
 @pytest.mark.slow
+def test_demo_dose_response_puts_the_variants_side_by_side(demo_run):
+    table = pd.read_csv(demo_run / "results/stats/strmatch/dose_response.csv").set_index("edit")
+    assert sorted(table.index) == sorted(DEMO_EDITS)
+    assert table.loc["reference_s050", "scale"] == 0.5 and table.loc["reference", "scale"] == 1.0
+    # half the projection leaves part of the direction in what the layers write; the full one none
+    assert table.loc["reference", "layer_writes_ratio_median"] < 1e-3
+    assert 0.2 < table.loc["reference_s050", "layer_writes_ratio_median"] < 0.9
+    assert table[["kl_answer_mean_heldout", "xstest_safe_refusal_change"]].notna().all().all()
+    adjacent = pd.read_csv(demo_run / "results/stats/strmatch/dose_response_adjacent.csv")
+    assert adjacent[["weaker", "stronger"]].values.tolist() == [["reference_s050", "reference"]]
+    _png(demo_run / "results/figures/strmatch/dose_response.png")
+
+
+@pytest.mark.slow
+def test_adding_a_sweep_point_runs_only_that_point(demo_run):
+    """A new scale in a finished sweep: its own edit, answers, judgments, KL and stats, plus the
+    tables that compare variants; nothing of the baseline or of the finished points."""
+    config = yaml.safe_load((demo_run / DEMO_CONFIG).read_text())
+    config["edit"]["sweep"] = {"method": ["reference"], "scale": [0.25, 0.5]}
+    (demo_run / "config/demo_sweep_more.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(demo_run, "-n", "--configfile", "config/demo_sweep_more.yaml", "--cores", "2")
+    assert result.returncode == 0, result.stderr
+    jobs = scheduled_jobs(result.stdout)
+    per_point = {"edit_model": 1, "verify_edit": 1, "generate_answers": 3, "gather_answers": 3,
+                 "judge_strmatch": 3, "kl_divergence": 2, "kl_summary": 1, "stats": 1, "figures": 1,
+                 "heldout_stats": 1}
+    aggregates = {"compare_conditions": 2, "kl_comparisons": 1, "xstest_stats": 1, "tradeoff": 1,
+                  "dose_response": 1, "all": 1}
+    assert jobs == {**per_point, **aggregates}, jobs
+    conditions = set(re.findall(r"condition=(\w+)", result.stdout))
+    edits = set(re.findall(r"edit=(\w+)", result.stdout))
+    assert conditions == {"edited_reference_s025"} and edits == {"reference_s025"}, (conditions, edits)
+
+
+@pytest.mark.slow
 def test_changing_alpha_reruns_only_what_depends_on_it(demo_run, tmp_path):
     config = yaml.safe_load((demo_run / DEMO_CONFIG).read_text())
     config["stats"]["alpha"] = 0.1
@@ -206,7 +243,7 @@ def test_changing_alpha_reruns_only_what_depends_on_it(demo_run, tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = scheduled_jobs(result.stdout)
     depends_on_alpha = {"stats", "heldout_stats", "figures", "kl_summary", "kl_comparisons", "compare_conditions",
-                        "xstest_stats", "tradeoff"}
+                        "xstest_stats", "tradeoff", "dose_response"}
     assert set(jobs) - {"all"} <= depends_on_alpha, jobs
     assert "stats" in jobs
 
@@ -273,7 +310,7 @@ def test_demo_measures_the_cost_of_every_edit(demo_run):
     per_type = pd.read_csv(work / "results/stats/strmatch/xstest/per_type.csv")
     assert per_type["type"].nunique() >= 10
 
-    pair = ("edited_reference", "edited_norm_aware")
+    pair = tuple(f"edited_{edit}" for edit in DEMO_EDITS)
     for promptset in ("benchmark", "xstest"):
         comparisons = pd.read_csv(work / f"results/stats/strmatch/comparisons/{promptset}.csv")
         found = comparisons[comparisons["condition_a"].isin(pair) & comparisons["condition_b"].isin(pair)]

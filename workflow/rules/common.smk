@@ -265,7 +265,10 @@ def cost_summary_inputs(wildcards):
         return {}
     return {
         "kl_summary": f"results/cost/{wildcards.edit}/kl_summary.csv",
-        "xstest_comparisons": f"results/stats/{wildcards.judge}/comparisons/xstest.csv",
+        # this edit's XSTest judgments, not the all-pairs table: a new variant reruns no other summary
+        "xstest_questions": "results/questions/xstest.jsonl",
+        "xstest_baseline": f"results/judgments/{wildcards.judge}/xstest/baseline.csv",
+        "xstest_edited": f"results/judgments/{wildcards.judge}/xstest/edited_{wildcards.edit}.csv",
     }
 
 

@@ -8,7 +8,11 @@ from refusal_ablation.stats import write_stats
 with job_logging(snakemake.log[0]):
     cost = cost_sentences_from_files(
         snakemake.input.get("kl_summary"),
-        snakemake.input.get("xstest_comparisons"),
+        (
+            (snakemake.input.xstest_baseline, snakemake.input.xstest_edited, snakemake.input.xstest_questions)
+            if snakemake.input.get("xstest_questions")
+            else None
+        ),
         edited_condition(snakemake.wildcards.edit),
         float(snakemake.params.alpha),
         snakemake.wildcards.judge,

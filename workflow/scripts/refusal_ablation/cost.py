@@ -530,9 +530,20 @@ def cost_sentences(kl_summary_frame: pd.DataFrame | None, xstest_comparisons: pd
     return sentences
 
 
-def cost_sentences_from_files(kl_summary_csv, xstest_comparisons_csv, edited_condition: str, alpha: float,
+def xstest_baseline_comparison(baseline_csv, edited_csv, questions_jsonl, alpha: float) -> pd.DataFrame:
+    """Baseline against one edit on XSTest, over all prompts and per label (as ``compare_conditions``)."""
+    wide, questions = read_condition_judgments([baseline_csv, edited_csv], questions_jsonl)
+    conditions = [c for c in wide.columns if c != "question_id"]
+    return comparison_table(wide, conditions, alpha, question_labels(questions, questions_jsonl))
+
+
+def cost_sentences_from_files(kl_summary_csv, xstest_judgments, edited_condition: str, alpha: float,
                               judge: str) -> list[str]:
-    """``cost_sentences`` from the cost rules' outputs; none where the cost is not measured."""
+    """``cost_sentences`` from one edit's cost outputs; none where the cost is not measured.
+
+    ``xstest_judgments`` is (baseline judgments, edited judgments, XSTest questions) or None:
+    read per edit, so that adding a variant does not rerun every other variant's summary.
+    """
     kl = pd.read_csv(kl_summary_csv, dtype={"category": str}) if kl_summary_csv else None
-    xstest = pd.read_csv(xstest_comparisons_csv) if xstest_comparisons_csv else None
+    xstest = xstest_baseline_comparison(*xstest_judgments, alpha) if xstest_judgments else None
     return cost_sentences(kl, xstest, edited_condition, alpha, judge_is_official=judge == "official")
