@@ -323,10 +323,16 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     assert_submitted_as_profiled(calls)
     assert_every_job_ran_under_slurm(output, work, n_jobs=len(calls))
 
-    conditions = 1 + len(demo["edit"]["methods"])
-    promptsets = 2 if demo["heldout_check"] else 1
+    from refusal_ablation.variants import edit_variants
+
+    conditions = 1 + len(edit_variants(demo["edit"]))
+    # every condition answers the benchmark, the held-out prompts (heldout_check) and XSTest (cost);
+    # without heldout_check the baseline alone answers them when KL is measured along its answers
+    cost = demo.get("cost", {})
+    promptsets = 1 + bool(demo["heldout_check"]) + bool(cost.get("enabled"))
+    kl_only = not demo["heldout_check"] and cost.get("enabled") and "heldout" in cost["kl"]["promptsets"]
     shard_jobs = [call for call in calls if call["rule"] == "generate_answers"]
-    assert len(shard_jobs) == conditions * promptsets * SLURM_SHARDS
+    assert len(shard_jobs) == (conditions * promptsets + bool(kl_only)) * SLURM_SHARDS
     assert len({call["comment"] for call in shard_jobs}) == len(shard_jobs)
 
     expected = compared_results(local_demo_run)

@@ -261,6 +261,7 @@ def test_edit_variants_share_one_baseline(tmp_path):
     work = copy_repo(tmp_path / "repo")
     config = yaml.safe_load((work / "config/demo.yaml").read_text())
     config["edit"]["methods"] = ["reference", "norm_aware"]
+    config["edit"].pop("sweep", None)
     (work / "config/two_edits.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(work, "-n", "--configfile", "config/two_edits.yaml", "--cores", "2")
     assert result.returncode == 0, result.stdout + result.stderr

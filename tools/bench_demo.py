@@ -68,6 +68,16 @@ def refusal_counts(root: Path) -> list[str]:
                 lines.append(f"KL {row['measure']} on {row['n_prompts']} {row['promptset']} safe prompts: mean "
                              f"{float(row['mean']):.3g} nats ({float(row['mean_ci_low']):.3g} to "
                              f"{float(row['mean_ci_high']):.3g}), median {float(row['median']):.3g}")
+    dose = root / "results/stats/strmatch/dose_response.csv"
+    if dose.is_file():
+        for row in csv.DictReader(dose.open()):
+            kl = row.get("kl_answer_mean_heldout")
+            lines.append(
+                f"variant {row['edit']} (scale {row['scale']}): benchmark refusal {float(row['refusal_rate']):.3f} "
+                f"(change {float(row['change_vs_baseline']):+.3f}, McNemar p {float(row['mcnemar_p_vs_baseline']):.2g}), "
+                f"layer-write leakage {float(row['layer_writes_ratio_median']):.3g}"
+                + (f", mean answer KL held-out {float(kl):.3g}" if kl else "")
+            )
     return lines
 
 
