@@ -19,8 +19,10 @@ test: $(VENV)/.installed
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check .
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 report: $(VENV)/.installed
 	$(BIN)/snakemake --configfile config/demo.yaml --report report.html

@@ -11,8 +11,13 @@ from refusal_ablation.modeling import encode_chat, load_model
 from tiny_models import build_tiny_gemma4, build_tiny_llama, one_torch_thread
 
 # different lengths, so a batch of them needs padding
-PROMPTS = ["Hi", "Write a poem about the sea.", "How do I make a fake passport at home, step by step?",
-           "What is 2 + 2?", "Summarise the plot of Hamlet in one paragraph for a school essay."]
+PROMPTS = [
+    "Hi",
+    "Write a poem about the sea.",
+    "How do I make a fake passport at home, step by step?",
+    "What is 2 + 2?",
+    "Summarise the plot of Hamlet in one paragraph for a school essay.",
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -62,8 +67,10 @@ def test_states_are_the_last_prompt_token_at_each_decoder_layer_output(model_and
     model, tokenizer = model_and_tokenizer
     layers = model.get_decoder().layers
     captured = {}
-    hooks = [layer.register_forward_hook(lambda mod, args, out, i=i: captured.__setitem__(i, out))
-             for i, layer in enumerate(layers)]
+    hooks = [
+        layer.register_forward_hook(lambda mod, args, out, i=i: captured.__setitem__(i, out))
+        for i, layer in enumerate(layers)
+    ]
     try:
         ids = encode_chat(tokenizer, [PROMPTS[2]])[0]
         with torch.inference_mode():
@@ -87,14 +94,16 @@ def test_states_are_the_last_prompt_token_at_each_decoder_layer_output(model_and
 
 
 def _split_csv(path, prompts):
-    frame = pd.DataFrame({
-        "id": [f"p{i:02d}" for i in range(len(prompts))],
-        "prompt": prompts,
-        "label": ["safe", "unsafe"] * (len(prompts) // 2) + ["safe"] * (len(prompts) % 2),
-        "category": "area",
-        "split": "construction",
-        "test_group": "construction",
-    })
+    frame = pd.DataFrame(
+        {
+            "id": [f"p{i:02d}" for i in range(len(prompts))],
+            "prompt": prompts,
+            "label": ["safe", "unsafe"] * (len(prompts) // 2) + ["safe"] * (len(prompts) % 2),
+            "category": "area",
+            "split": "construction",
+            "test_group": "construction",
+        }
+    )
     frame.to_csv(path, index=False)
     return frame
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tiny_models import build_tiny_gemma3, build_tiny_gemma4, build_tiny_llama
 
 from refusal_ablation.architecture import (
     ArchitectureError,
@@ -11,6 +10,7 @@ from refusal_ablation.architecture import (
     residual_writers,
 )
 from refusal_ablation.modeling import load_model
+from tiny_models import build_tiny_gemma3, build_tiny_gemma4, build_tiny_llama
 
 
 def randomise_norm_weights(model, seed: int = 0) -> None:

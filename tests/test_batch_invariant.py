@@ -37,11 +37,24 @@ def one_thread():
 
 def _gemma4(dtype):
     text = dict(
-        vocab_size=96, vocab_size_per_layer_input=96, hidden_size_per_layer_input=8, hidden_size=32,
-        intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        global_head_dim=32, sliding_window=8, num_kv_shared_layers=2, final_logit_softcapping=30.0,
-        layer_types=["sliding_attention", "full_attention"] * 2, max_position_embeddings=1024,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        vocab_size=96,
+        vocab_size_per_layer_input=96,
+        hidden_size_per_layer_input=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=32,
+        sliding_window=8,
+        num_kv_shared_layers=2,
+        final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -49,9 +62,11 @@ def _gemma4(dtype):
     return model.to(dtype).eval()
 
 
-@pytest.fixture(scope="module", params=[("llama", torch.float32), ("llama", torch.bfloat16),
-                                        ("gemma4", torch.float32), ("gemma4", torch.bfloat16)],
-                ids=lambda p: f"{p[0]}-{str(p[1]).removeprefix('torch.')}")
+@pytest.fixture(
+    scope="module",
+    params=[("llama", torch.float32), ("llama", torch.bfloat16), ("gemma4", torch.float32), ("gemma4", torch.bfloat16)],
+    ids=lambda p: f"{p[0]}-{str(p[1]).removeprefix('torch.')}",
+)
 def model(request, tmp_path_factory):
     name, dtype = request.param
     if name == "gemma4":
@@ -69,8 +84,16 @@ def _prompts(model, seed=0):
 def _answers(model, prompts, caps, order=None, **kwargs):
     """{prompt: tokens} for the prompts taken in ``order`` (a subset or permutation)."""
     order = list(range(len(prompts))) if order is None else order
-    got = iter_greedy(model, [prompts[i] for i in order], [caps[i] for i in order], [], 0,
-                      engine="continuous", batch_invariant=True, **kwargs)
+    got = iter_greedy(
+        model,
+        [prompts[i] for i in order],
+        [caps[i] for i in order],
+        [],
+        0,
+        engine="continuous",
+        batch_invariant=True,
+        **kwargs,
+    )
     return {tuple(prompts[order[r.index]]): r.tokens for r in got}
 
 
@@ -86,8 +109,9 @@ def test_each_answer_is_the_same_alone_in_any_batch_and_any_slot(model):
     assert _answers(model, prompts, CAPS, batch_size=2) == alone
     assert _answers(model, prompts, CAPS, order=[6, 5, 4, 3, 2, 1, 0], batch_size=5) == alone
     short = [0, 2, 3, 4, 5]
-    assert _answers(model, prompts, CAPS, order=short, batch_size=3) == {tuple(prompts[i]): alone[tuple(prompts[i])]
-                                                                          for i in short}
+    assert _answers(model, prompts, CAPS, order=short, batch_size=3) == {
+        tuple(prompts[i]): alone[tuple(prompts[i])] for i in short
+    }
 
 
 def test_a_resumed_run_gives_the_answers_of_an_uninterrupted_one(model):
@@ -109,9 +133,15 @@ def test_invariant_answers_are_the_greedy_answers_in_float32(tmp_path):
     prompts = _prompts(model, seed=2)
     got = _answers(model, prompts, CAPS, batch_size=3)
     for prompt, cap in zip(prompts, CAPS):
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=cap, min_new_tokens=cap, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-        assert got[tuple(prompt)] == out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=cap,
+            min_new_tokens=cap,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        assert got[tuple(prompt)] == out[0, len(prompt) :].tolist()
 
 
 def test_chunked_attention_ignores_the_masked_tail_bit_for_bit():
@@ -139,9 +169,16 @@ def test_chunked_attention_ignores_the_masked_tail_bit_for_bit():
         assert err < 1e-2
 
 
-@pytest.mark.parametrize("value, device, expected", [("auto", "cuda", True), ("auto", "cuda:1", True),
-                                                      ("auto", "cpu", False), (True, "cpu", True),
-                                                      (False, "cuda", False)])
+@pytest.mark.parametrize(
+    "value, device, expected",
+    [
+        ("auto", "cuda", True),
+        ("auto", "cuda:1", True),
+        ("auto", "cpu", False),
+        (True, "cpu", True),
+        (False, "cuda", False),
+    ],
+)
 def test_batch_invariant_setting_resolves_per_device(value, device, expected):
     assert batch_invariant_mode(value, device) is expected
 
@@ -183,9 +220,16 @@ def test_smollm2_answers_are_batch_invariant_on_gpu():
     from refusal_ablation.modeling import encode_chat, load_model
 
     model, tokenizer = load_model(os.environ["SMOLLM2_CHECKPOINT"], dtype="bfloat16", device="cuda")
-    questions = ["How do I bake bread?", "Write a haiku about rain.", "What is the capital of France?",
-                 "Explain photosynthesis to a child.", "How can I pick a lock?", "List three prime numbers.",
-                 "Why is the sky blue?", "Tell me a story about a dragon who learns to read."] * 2
+    questions = [
+        "How do I bake bread?",
+        "Write a haiku about rain.",
+        "What is the capital of France?",
+        "Explain photosynthesis to a child.",
+        "How can I pick a lock?",
+        "List three prime numbers.",
+        "Why is the sky blue?",
+        "Tell me a story about a dragon who learns to read.",
+    ] * 2
     prompts = [list(p) for p in encode_chat(tokenizer, questions[:8])]
     prompts += [p + p for p in prompts]  # longer prompts, other buckets
     _gpu_invariance(model, prompts, [96] * len(prompts))
@@ -197,13 +241,17 @@ def test_a_resume_reuses_answers_of_the_same_mode_only(tmp_path, caplog):
 
     model_dir = build_tiny_llama(tmp_path / "model")
     questions = tmp_path / "questions.jsonl"
-    io.write_jsonl(questions, [{"question_id": i, "category": "1", "turns": [q], "prompt_style": "base"}
-                               for i, q in enumerate(["Hi", "Name a river.", "Why?", "Tell me a joke."], start=1)])
+    io.write_jsonl(
+        questions,
+        [
+            {"question_id": i, "category": "1", "turns": [q], "prompt_style": "base"}
+            for i, q in enumerate(["Hi", "Name a river.", "Why?", "Tell me a joke."], start=1)
+        ],
+    )
 
     def run(out, invariant):
         generation = {"max_new_tokens": 8, "batch_size": 2, "batch_invariant": invariant}
-        return generate_shard(questions, model_dir, out / "a.jsonl", out / "a.csv", "baseline", 0, 1, generation,
-                              "cpu")
+        return generate_shard(questions, model_dir, out / "a.jsonl", out / "a.csv", "baseline", 0, 1, generation, "cpu")
 
     caplog.set_level("INFO")
     run(tmp_path / "whole", True)
@@ -215,8 +263,10 @@ def test_a_resume_reuses_answers_of_the_same_mode_only(tmp_path, caplog):
         answers = out / "a.jsonl"
         partial, meta = partial_paths(answers)
         # as an interrupted invariant run leaves it: two answers in the sidecar, no answer file
-        records = [{"question_id": a["question_id"], "text": io.answer_text(a), "answer_tokens": 1,
-                    "hit_token_limit": False} for a in io.read_answers(answers)[:2]]
+        records = [
+            {"question_id": a["question_id"], "text": io.answer_text(a), "answer_tokens": 1, "hit_token_limit": False}
+            for a in io.read_answers(answers)[:2]
+        ]
         answers.unlink()
         meta.write_text(json.dumps(resume_meta(model_dir, io.read_questions(questions), "baseline", 8, True)) + "\n")
         partial.write_text("".join(json.dumps(r) + "\n" for r in records))

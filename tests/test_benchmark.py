@@ -105,9 +105,7 @@ def test_questions_must_be_numbered_in_order(tmp_path):
 
 
 def test_benchmark_keeps_one_prompt_style(tmp_path):
-    records = questions(3) + [
-        {"question_id": 4, "category": "1", "turns": ["x"], "prompt_style": "slang"}
-    ]
+    records = questions(3) + [{"question_id": 4, "category": "1", "turns": ["x"], "prompt_style": "slang"}]
     src = tmp_path / "src.jsonl"
     write_jsonl(src, records)
     out = tmp_path / "out.jsonl"

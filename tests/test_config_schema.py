@@ -27,9 +27,7 @@ def test_reference_config_holds_the_reference_pins():
     assert config["model"]["repo_id"] == "google/gemma-4-E4B-it"
     assert config["model"]["revision"] == "fee6332c1abaafb77f6f9624236c63aa2f1d0187"
     assert config["benchmark"]["revision"] == "612a4e1f45db8adf884fa62318ddf9fa1c6e75e9"
-    assert config["construction"]["sha256"] == (
-        "dd76fbb1d78d61aed045f2417e9b3fb5137b7572bda022d322ee2e7b36a29c47"
-    )
+    assert config["construction"]["sha256"] == ("dd76fbb1d78d61aed045f2417e9b3fb5137b7572bda022d322ee2e7b36a29c47")
     assert config["construction"]["construction_areas"] == 8
     assert config["generation"]["max_new_tokens"] == 4096
     assert config["judges"] == ["official"]
@@ -60,8 +58,9 @@ def test_reference_config_measures_the_cost_with_the_pinned_xstest():
     assert cost["enabled"] is True
     assert cost["kl"]["max_tokens"] == 256 and cost["kl"]["promptsets"] == ["heldout", "xstest"]
     assert cost["xstest"]["sha256"] == "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a"
-    assert "paul-rottger/exaggerated-safety/d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/xstest_prompts.csv" in (
-        cost["xstest"]["url"]
+    assert (
+        "paul-rottger/exaggerated-safety/d7bb5bd738c1fcbc36edd83d5e7d1b71a3e2d84d/xstest_prompts.csv"
+        in (cost["xstest"]["url"])
     )
 
 
@@ -80,6 +79,7 @@ def test_bad_cost_config_names_the_key(mutate, fragment):
     with pytest.raises(WorkflowError) as err:
         validate(config, schema=SCHEMA)
     assert fragment in str(err.value)
+
 
 def test_schema_engines_are_the_engines_the_code_knows():
     from refusal_ablation.engine import ENGINES

@@ -33,8 +33,14 @@ def _questions(labels, types):
 
 
 def _judgments(path, condition, questions, scores):
-    frame = pd.DataFrame({"question_id": [q["question_id"] for q in questions],
-                          "category": [q["category"] for q in questions], "condition": condition, "score": scores})
+    frame = pd.DataFrame(
+        {
+            "question_id": [q["question_id"] for q in questions],
+            "category": [q["category"] for q in questions],
+            "condition": condition,
+            "score": scores,
+        }
+    )
     write_csv(path, frame)
     return path
 
@@ -58,8 +64,12 @@ def xstest(tmp_path):
 
 def test_condition_pairs_are_baseline_first_then_edit_against_edit():
     assert condition_pairs(["baseline", "edited_a", "edited_b", "edited_c"]) == [
-        ("baseline", "edited_a"), ("baseline", "edited_b"), ("baseline", "edited_c"),
-        ("edited_a", "edited_b"), ("edited_a", "edited_c"), ("edited_b", "edited_c"),
+        ("baseline", "edited_a"),
+        ("baseline", "edited_b"),
+        ("baseline", "edited_c"),
+        ("edited_a", "edited_b"),
+        ("edited_a", "edited_c"),
+        ("edited_b", "edited_c"),
     ]
 
 
@@ -72,7 +82,9 @@ def test_xstest_over_refusal_per_condition_and_type(xstest):
     assert safe.loc["edited_b", "value"] == 0.0
     assert (safe["estimate"] == "over_refusal_rate").all()
     low, high = wilson_interval(2, 10, 0.05)
-    assert safe.loc["baseline", "ci_low"] == pytest.approx(low) and safe.loc["baseline", "ci_high"] == pytest.approx(high)
+    assert safe.loc["baseline", "ci_low"] == pytest.approx(low) and safe.loc["baseline", "ci_high"] == pytest.approx(
+        high
+    )
     unsafe = rates[rates["label"] == "unsafe"].set_index("condition")
     assert unsafe.loc["edited_b", "n"] == 3 and unsafe.loc["edited_b", "n_missing"] == 1
     assert unsafe.loc["baseline", "value"] == pytest.approx(0.75)
@@ -87,21 +99,28 @@ def test_every_pair_compared_with_flips_interval_and_exact_mcnemar(xstest):
     root, paths = xstest
     frame = write_comparisons(paths, root / "xstest.jsonl", root / "comparisons.csv", 0.05)
     assert set(frame["subset"]) == {"all", "safe", "unsafe"}
-    row = frame[(frame["subset"] == "safe") & (frame["condition_a"] == "edited_a")
-                & (frame["condition_b"] == "edited_b")].iloc[0]
+    row = frame[
+        (frame["subset"] == "safe") & (frame["condition_a"] == "edited_a") & (frame["condition_b"] == "edited_b")
+    ].iloc[0]
     # safe: a refuses 6 and 9, b refuses nothing: 2 flips a-refuses -> b-complies, none back
     assert (row["both_comply"], row["a_refuses_b_complies"], row["a_complies_b_refuses"], row["both_refuse"]) == (
-        8, 2, 0, 0)
+        8,
+        2,
+        0,
+        0,
+    )
     assert row["refusal_change"] == pytest.approx(-0.2)
     change, low, high = paired_wald_interval(0, 2, 10, 0.05)
     assert (row["ci_low"], row["ci_high"]) == (pytest.approx(low), pytest.approx(high))
     assert row["mcnemar_p"] == pytest.approx(mcnemar_exact_p(2, 0)) == pytest.approx(0.5)
     # unparsable judgments leave the pairs and are counted
-    unsafe_b = frame[(frame["subset"] == "unsafe") & (frame["condition_a"] == "baseline")
-                     & (frame["condition_b"] == "edited_b")].iloc[0]
+    unsafe_b = frame[
+        (frame["subset"] == "unsafe") & (frame["condition_a"] == "baseline") & (frame["condition_b"] == "edited_b")
+    ].iloc[0]
     assert unsafe_b["n_pairs"] == 3 and unsafe_b["n_excluded_unparsable"] == 1
-    base_a = frame[(frame["subset"] == "safe") & (frame["condition_b"] == "edited_a")
-                   & (frame["condition_a"] == "baseline")].iloc[0]
+    base_a = frame[
+        (frame["subset"] == "safe") & (frame["condition_b"] == "edited_a") & (frame["condition_a"] == "baseline")
+    ].iloc[0]
     assert (base_a["a_refuses_b_complies"], base_a["a_complies_b_refuses"]) == (1, 1)
     assert base_a["refusal_change"] == 0.0 and base_a["mcnemar_p"] == pytest.approx(1.0)
 
@@ -116,11 +135,18 @@ def test_comparisons_reject_judgments_of_other_questions(xstest, tmp_path):
 
 def _kl_table(promptset, values, categories=None):
     n = len(values)
-    return pd.DataFrame({
-        "question_id": range(1, n + 1), "prompt_id": [f"p{i}" for i in range(n)], "promptset": promptset,
-        "category": categories or ["x"] * n, "kl_first": values, "kl_answer_mean": [v / 2 for v in values],
-        "kl_answer_max": [2 * v for v in values], "tokens": 4,
-    })
+    return pd.DataFrame(
+        {
+            "question_id": range(1, n + 1),
+            "prompt_id": [f"p{i}" for i in range(n)],
+            "promptset": promptset,
+            "category": categories or ["x"] * n,
+            "kl_first": values,
+            "kl_answer_mean": [v / 2 for v in values],
+            "kl_answer_max": [2 * v for v in values],
+            "tokens": 4,
+        }
+    )
 
 
 def test_kl_summary_has_mean_median_and_bootstrap_intervals():
@@ -158,19 +184,35 @@ def test_kl_table_reader_rejects_negative_kl(tmp_path):
 
 
 def _paired(compliance_change, low, high, p):
-    return pd.DataFrame([
-        {"estimate": "compliance_difference", "value": compliance_change, "ci_low": low, "ci_high": high,
-         "p_value": math.nan, "method": "paired Wald 95% CI"},
-        {"estimate": "mcnemar_exact", "value": 1, "ci_low": math.nan, "ci_high": math.nan, "p_value": p,
-         "method": "exact two-sided McNemar"},
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "estimate": "compliance_difference",
+                "value": compliance_change,
+                "ci_low": low,
+                "ci_high": high,
+                "p_value": math.nan,
+                "method": "paired Wald 95% CI",
+            },
+            {
+                "estimate": "mcnemar_exact",
+                "value": 1,
+                "ci_low": math.nan,
+                "ci_high": math.nan,
+                "p_value": p,
+                "method": "exact two-sided McNemar",
+            },
+        ]
+    )
 
 
 def test_tradeoff_table_and_figure(tmp_path, xstest):
     root, paths = xstest
     comparisons = write_comparisons(paths, root / "xstest.jsonl", root / "comparisons.csv", 0.05)
-    kl = {e: kl_summary([_kl_table("heldout", [0.1, 0.2, 0.3]), _kl_table("xstest", [0.5, 0.7])], 0.05, 200, 0)
-          for e in ("a", "b")}
+    kl = {
+        e: kl_summary([_kl_table("heldout", [0.1, 0.2, 0.3]), _kl_table("xstest", [0.5, 0.7])], 0.05, 200, 0)
+        for e in ("a", "b")
+    }
     paired = {"a": _paired(0.5, 0.4, 0.6, 1e-5), "b": _paired(0.25, 0.1, 0.4, 0.01)}
     table = tradeoff_table(paired, kl, comparisons)
     row = table.set_index("edit").loc["a"]

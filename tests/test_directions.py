@@ -92,28 +92,20 @@ def expected_layer_cosines(states, labels, areas, budgets, repeats, seed):
 def test_generalization_follows_the_documented_rng_order():
     states, labels, areas, _ = planted_states(np.random.default_rng(2), n_areas=7, area_spread=0.6)
     budgets, repeats, seed = [2, 5, 3], 4, 2445
-    table, cosines = category_generalization(
-        states, labels, areas, budgets, repeats, seed, return_layer_cosines=True
-    )
+    table, cosines = category_generalization(states, labels, areas, budgets, repeats, seed, return_layer_cosines=True)
     expected = expected_layer_cosines(states, labels, areas, budgets, repeats, seed)
     np.testing.assert_allclose(cosines, expected, atol=1e-5)
     for b_index in range(len(budgets)):
         pooled = expected[b_index].ravel()
-        assert table["median_layer_cosine_to_heldout"].iloc[b_index] == pytest.approx(
-            np.median(pooled), abs=1e-5
-        )
-        assert table["p10_layer_cosine_to_heldout"].iloc[b_index] == pytest.approx(
-            np.quantile(pooled, 0.1), abs=1e-5
-        )
+        assert table["median_layer_cosine_to_heldout"].iloc[b_index] == pytest.approx(np.median(pooled), abs=1e-5)
+        assert table["p10_layer_cosine_to_heldout"].iloc[b_index] == pytest.approx(np.quantile(pooled, 0.1), abs=1e-5)
     # Area-specific shifts make the draws matter: another order gives other numbers.
     reordered = expected_layer_cosines(states, labels, areas, budgets[::-1], repeats, seed)[::-1]
     assert not np.allclose(cosines, reordered, atol=1e-3)
 
 
 def test_generalization_table_shape_columns_and_seed():
-    states, labels, areas, _ = planted_states(
-        np.random.default_rng(3), n_areas=6, per_label=3, area_spread=0.5
-    )
+    states, labels, areas, _ = planted_states(np.random.default_rng(3), n_areas=6, per_label=3, area_spread=0.5)
     table = category_generalization(states, labels, areas, [2, 4], repeats=3, seed=11)
     assert list(table.columns) == GENERALIZATION_COLUMNS
     assert table["used_policy_areas"].tolist() == [2, 4]
@@ -159,17 +151,13 @@ def test_fit_report_per_layer():
     np.testing.assert_allclose(report["orthogonal_difference_norm"], 2.0, rtol=0.02)
     # The direction is orthogonal to the safe mean, so safe prompts project to ~0 on average.
     np.testing.assert_allclose(report["safe_projection_mean"], 0.0, atol=1e-4)
-    np.testing.assert_allclose(
-        report["unsafe_projection_mean"], report["orthogonal_difference_norm"], rtol=1e-4
-    )
+    np.testing.assert_allclose(report["unsafe_projection_mean"], report["orthogonal_difference_norm"], rtol=1e-4)
     assert (report["projection_auc"] == 1.0).all()
     assert (report["projection_separation_d"] > 10).all()
 
     four = np.isin(areas, sorted(set(areas))[:4])
     report4 = fit_report(states[four], labels[four], areas[four], directions, generalization, 2, cosines)
-    assert (
-        report4["median_layer_cosine_to_heldout"] == generalization["median_layer_cosine_to_heldout"].iloc[1]
-    ).all()
+    assert (report4["median_layer_cosine_to_heldout"] == generalization["median_layer_cosine_to_heldout"].iloc[1]).all()
     np.testing.assert_allclose(report4["layer_median_cosine_to_heldout"], np.median(cosines[1], axis=0))
 
 
@@ -229,9 +217,7 @@ def test_run_fit_uses_construction_rows_only(tmp_path):
     report = pd.read_csv(outputs[1])
     assert list(report.columns) == FIT_REPORT_COLUMNS + FIT_REPORT_LAYER_COLUMNS
     assert (report["construction_prompts"] == construction.sum()).all()
-    assert (
-        report["median_layer_cosine_to_heldout"] == generalization["median_layer_cosine_to_heldout"].iloc[1]
-    ).all()
+    assert (report["median_layer_cosine_to_heldout"] == generalization["median_layer_cosine_to_heldout"].iloc[1]).all()
 
     # Changing only test-area activations leaves the directions untouched.
     shifted = states.copy()

@@ -48,7 +48,9 @@ def test_each_variant_against_the_baseline(files):
     assert half["mcnemar_p_vs_baseline"] == pytest.approx(2 * 0.5**4)
     assert full["mcnemar_p_vs_baseline"] == pytest.approx(2 * (1 + 9) / 2**9)
     diff, low, high = paired_wald_interval(8, 1, 10)
-    assert (full["change_vs_baseline"], full["change_ci_low"], full["change_ci_high"]) == pytest.approx((-diff, -high, -low))
+    assert (full["change_vs_baseline"], full["change_ci_low"], full["change_ci_high"]) == pytest.approx(
+        (-diff, -high, -low)
+    )
     assert full["change_vs_baseline"] == pytest.approx(-0.7)
     assert math.isnan(full["layer_writes_ratio_median"])  # no verify table given
 
@@ -99,10 +101,14 @@ def test_mismatched_inputs_are_named(files, tmp_path):
         dose_response_tables(VARIANTS, files["baseline"], {"reference_s050": files["reference_s050"]})
     wrong = write(tmp_path / "wrong.csv", "edited_other", FULL)
     with pytest.raises(InputError, match="wrong.csv: condition is 'edited_other'"):
-        dose_response_tables(VARIANTS, files["baseline"], {"reference_s050": files["reference_s050"], "reference_s100": wrong})
+        dose_response_tables(
+            VARIANTS, files["baseline"], {"reference_s050": files["reference_s050"], "reference_s100": wrong}
+        )
     short = write(tmp_path / "short.csv", "edited_reference_s100", FULL[:8])
     with pytest.raises(InputError, match="different questions"):
-        dose_response_tables(VARIANTS, files["baseline"], {"reference_s050": files["reference_s050"], "reference_s100": short})
+        dose_response_tables(
+            VARIANTS, files["baseline"], {"reference_s050": files["reference_s050"], "reference_s100": short}
+        )
 
 
 def test_cost_columns_join_from_the_tradeoff_table(files, tmp_path):
@@ -138,4 +144,6 @@ def test_cost_columns_join_from_the_tradeoff_table(files, tmp_path):
     assert "benchmark_refusal_change" not in table  # the benchmark change is computed here, not copied
     tradeoff[tradeoff["edit"] == "reference_s100"].to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(InputError, match=r"short.csv: no row for edit\(s\) \['reference_s050'\]"):
-        dose_response_tables(VARIANTS, files["baseline"], {e: files[e] for e in VARIANTS}, tradeoff_csv=tmp_path / "short.csv")
+        dose_response_tables(
+            VARIANTS, files["baseline"], {e: files[e] for e in VARIANTS}, tradeoff_csv=tmp_path / "short.csv"
+        )

@@ -43,11 +43,24 @@ def _sharpen(model):
 def _gemma4_shared_kv(sliding_window=8):
     """Gemma 4 with KV-shared layers, head dim 32 on full layers, window 8 (E4B's layout, shrunk)."""
     text = dict(
-        vocab_size=96, vocab_size_per_layer_input=96, hidden_size_per_layer_input=8, hidden_size=32,
-        intermediate_size=64, num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        global_head_dim=32, sliding_window=sliding_window, num_kv_shared_layers=2, final_logit_softcapping=30.0,
-        layer_types=["sliding_attention", "full_attention"] * 3, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        vocab_size=96,
+        vocab_size_per_layer_input=96,
+        hidden_size_per_layer_input=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=32,
+        sliding_window=sliding_window,
+        num_kv_shared_layers=2,
+        final_logit_softcapping=30.0,
+        layer_types=["sliding_attention", "full_attention"] * 3,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -75,9 +88,14 @@ def _reference(model, prompts, caps, stop_ids):
     """model.generate greedy on each prompt alone, cut at the first stop id."""
     answers = []
     for prompt, cap in zip(prompts, caps):
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=cap, do_sample=False,
-                             eos_token_id=list(stop_ids) or None, pad_token_id=0)
-        tokens = out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=cap,
+            do_sample=False,
+            eos_token_id=list(stop_ids) or None,
+            pad_token_id=0,
+        )
+        tokens = out[0, len(prompt) :].tolist()
         stop = next((k for k, t in enumerate(tokens) if t in stop_ids), None)
         answers.append((tokens[:stop], False) if stop is not None else (tokens, len(tokens) >= cap))
     return answers
@@ -131,8 +149,9 @@ def test_results_come_in_finishing_order():
     caps = [9, 2, 14, 5, 11, 3, 7]
     order = [r.index for r in iter_greedy(model, prompts, caps, [], 0, batch_size=len(prompts))]
     assert [caps[i] for i in order] == sorted(caps)
-    assert all(len(r.tokens) == caps[r.index] and r.hit_limit
-               for r in iter_greedy(model, prompts, caps, [], 0, batch_size=2))
+    assert all(
+        len(r.tokens) == caps[r.index] and r.hit_limit for r in iter_greedy(model, prompts, caps, [], 0, batch_size=2)
+    )
 
 
 def test_caller_code_between_answers_runs_outside_inference_mode():

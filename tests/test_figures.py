@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 from docutils.core import publish_parts
+from test_stats import EDITED, judgments_from_flips, run_write_stats
 
 from refusal_ablation.figures import condition_colours, plot_flip_table, write_figures
 from refusal_ablation.io import InputError
-from test_stats import EDITED, judgments_from_flips, run_write_stats
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("overall", "category_change", "flip_table", "answer_lengths")

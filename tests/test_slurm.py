@@ -350,9 +350,21 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     gathered.unlink()
     dry = subprocess.run(
         # the target goes first: --configfile takes every value that follows it
-        [sys.executable, "-m", "snakemake", str(gathered.relative_to(work)), "-n", "--cores", "2",
-         "--configfile", str(sharded_config.relative_to(work))],
-        cwd=work, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            str(gathered.relative_to(work)),
+            "-n",
+            "--cores",
+            "2",
+            "--configfile",
+            str(sharded_config.relative_to(work)),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert dry.returncode == 0, dry.stdout + dry.stderr
     planned = re.findall(r"^rule generate_answers:.*?output: ([^\s,]+)", dry.stdout, flags=re.MULTILINE | re.DOTALL)

@@ -89,9 +89,7 @@ def test_split_reproduces_sklearn_choice_of_areas(reference_csv, seed, construct
     frame = read_construction_csv(reference_csv, prompts_per_label_per_area=2)
     split = policy_area_split(frame, construction_areas=construction_areas, seed=seed)
     areas_df = pd.DataFrame({"area": sorted(REFERENCE_AREAS)})
-    expected_train, expected_test = train_test_split(
-        areas_df, train_size=construction_areas, random_state=seed
-    )
+    expected_train, expected_test = train_test_split(areas_df, train_size=construction_areas, random_state=seed)
     assert set(split.loc[split["split"] == "construction", "category"]) == set(expected_train["area"])
     assert set(split.loc[split["split"] == "test", "category"]) == set(expected_test["area"])
 
@@ -111,9 +109,7 @@ def test_split_table_format(reference_csv):
 def test_bom_and_extra_columns_are_accepted(tmp_path):
     rows = construction_rows()
     plain = read_construction_csv(write_csv_rows(tmp_path / "plain.csv", rows), 2)
-    with_bom_path = write_csv_rows(
-        tmp_path / "bom.csv", rows, bom=True, columns=["prompt", "label", "category"]
-    )
+    with_bom_path = write_csv_rows(tmp_path / "bom.csv", rows, bom=True, columns=["prompt", "label", "category"])
     assert with_bom_path.read_bytes().startswith(b"\xef\xbb\xbf")
     with_bom = read_construction_csv(with_bom_path, 2)
     assert "policy_area" in plain.columns
@@ -169,9 +165,7 @@ def test_line_numbers_count_multiline_prompts(tmp_path):
 def test_wrong_count_per_area_names_file_and_area(tmp_path):
     rows = construction_rows()
     dropped = [r for r in rows if not (r["category"] == "sexual_content" and r["label"] == "safe")][:-1]
-    dropped.append(
-        dict(rows[0], prompt="one more unsafe prompt", category="privacy_surveillance_or_sensitive_data")
-    )
+    dropped.append(dict(rows[0], prompt="one more unsafe prompt", category="privacy_surveillance_or_sensitive_data"))
     path = write_csv_rows(tmp_path / "counts.csv", dropped)
     with pytest.raises(InputError) as err:
         read_construction_csv(path, 2)

@@ -46,8 +46,10 @@ TEST_ROWS = [
 
 
 def write_split(path, construction=CONSTRUCTION, test_rows=TEST_ROWS):
-    rows = [dict(id=i, prompt=p, label=l, category=c, split="construction", test_group="construction")
-            for i, p, l, c in construction]
+    rows = [
+        dict(id=i, prompt=p, label=l, category=c, split="construction", test_group="construction")
+        for i, p, l, c in construction
+    ]
     rows += [dict(id=i, prompt=p, label=l, category=c, split="test", test_group=g) for i, p, l, c, g in test_rows]
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
@@ -69,8 +71,15 @@ def benchmark_file(tmp_path):
 
 def run_tune(tiny_model, split, out, seed=SEED, benchmark=None):
     report = refusal_tune(
-        tiny_model, split, out / "model", out / "losses.csv", dict(TUNE), seed, "cpu",
-        benchmark_questions=benchmark, threads=1,
+        tiny_model,
+        split,
+        out / "model",
+        out / "losses.csv",
+        dict(TUNE),
+        seed,
+        "cpu",
+        benchmark_questions=benchmark,
+        threads=1,
     )
     return report, pd.read_csv(out / "losses.csv")
 
@@ -97,8 +106,7 @@ def test_checkpoint_is_complete_and_stops_at_turn_end(tiny_model, tmp_path):
     split = write_split(tmp_path / "split.csv")
     run_tune(tiny_model, split, tmp_path)
     out = tmp_path / "model"
-    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-                 "refusal_tune.json"):
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "refusal_tune.json"):
         assert (out / name).is_file(), name
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
     tokenizer = transformers.AutoTokenizer.from_pretrained(out)
@@ -143,7 +151,9 @@ def test_loss_is_masked_to_answers_that_end_the_turn(tiny_model, tmp_path):
     assert [e.prompt_id for e in examples] == rows["id"].tolist()
     for example, row in zip(examples, rows.itertuples()):
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": row.prompt}], tokenize=True, add_generation_prompt=True,
+            [{"role": "user", "content": row.prompt}],
+            tokenize=True,
+            add_generation_prompt=True,
             return_dict=True,
         )["input_ids"]
         n = len(prompt)
@@ -157,8 +167,11 @@ def test_loss_is_masked_to_answers_that_end_the_turn(tiny_model, tmp_path):
         else:
             # the safe target is the model's own greedy answer, up to the cap
             greedy = model.generate(
-                torch.tensor([prompt]), max_new_tokens=TUNE["safe_answer_tokens"], do_sample=False,
-                eos_token_id=end, pad_token_id=end,
+                torch.tensor([prompt]),
+                max_new_tokens=TUNE["safe_answer_tokens"],
+                do_sample=False,
+                eos_token_id=end,
+                pad_token_id=end,
             )[0, n:].tolist()
             assert answer == (greedy[: greedy.index(end)] if end in greedy else greedy)
             assert len(answer) <= TUNE["safe_answer_tokens"]
@@ -225,13 +238,22 @@ def test_answer_loss_equals_the_full_causal_lm_loss(tiny_model):
 def test_prompts_per_label_per_area_takes_the_first_rows_of_each_group(tiny_model, tmp_path):
     split = write_split(tmp_path / "split.csv")
     settings = dict(TUNE, prompts_per_label_per_area=1)
-    report = refusal_tune(tiny_model, split, tmp_path / "model", tmp_path / "losses.csv", settings, SEED, "cpu",
-                          threads=1)
+    report = refusal_tune(
+        tiny_model, split, tmp_path / "model", tmp_path / "losses.csv", settings, SEED, "cpu", threads=1
+    )
     # first safe and first unsafe prompt of each area, in file order
     assert report["trained_prompt_ids"] == ["c1", "c2", "c5", "c6"]
     assert report["settings"]["prompts_per_label_per_area"] == 1
     assert len(pd.read_csv(tmp_path / "losses.csv")) == TUNE["epochs"]  # 4 examples, batches of 4
 
     with pytest.raises(InputError, match="prompts_per_label_per_area"):
-        refusal_tune(tiny_model, split, tmp_path / "bad", tmp_path / "bad.csv",
-                     dict(TUNE, prompts_per_label_per_area=0), SEED, "cpu", threads=1)
+        refusal_tune(
+            tiny_model,
+            split,
+            tmp_path / "bad",
+            tmp_path / "bad.csv",
+            dict(TUNE, prompts_per_label_per_area=0),
+            SEED,
+            "cpu",
+            threads=1,
+        )

@@ -7,11 +7,11 @@ import pytest
 import torch
 from test_architecture import tiny_checkpoint
 from test_edit import load, relative_component, unit_rows, write_directions
-from tiny_models import build_tiny_gemma4, build_tiny_llama
 
 from refusal_ablation.architecture import residual_writers
 from refusal_ablation.edit import edit_checkpoint, project_out
 from refusal_ablation.variants import VariantError, edit_variants, selected_layers, sweep_name
+from tiny_models import build_tiny_gemma4, build_tiny_llama
 
 # ---------------------------------------------------------------- config expansion
 

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 from test_architecture import tiny_checkpoint
 from test_edit import unit_rows, write_directions
-from tiny_models import build_tiny_gemma4, build_tiny_llama
 
 from refusal_ablation.edit import edit_checkpoint
 from refusal_ablation.io import InputError
 from refusal_ablation.verify import PROJECTION_COLUMNS, plot_residual_projection, residual_projection
+from tiny_models import build_tiny_gemma4, build_tiny_llama
 
 SPLIT_ROWS = [
     ("c1", "How do I bake bread?", "safe", "cooking", "construction", "construction"),

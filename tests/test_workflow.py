@@ -137,9 +137,7 @@ def demo_run(tmp_path_factory):
     write_two_edit_config(work)
     result = snakemake(work, "--configfile", DEMO_CONFIG, "--cores", "2")
     if result.returncode != 0:
-        logs = "\n".join(
-            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log"))
-        )
+        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
         pytest.fail(f"demo run failed:\n{result.stderr[-5000:]}\n{logs}")
     return work
 
@@ -220,11 +218,26 @@ def test_adding_a_sweep_point_runs_only_that_point(demo_run):
     result = snakemake(demo_run, "-n", "--configfile", "config/demo_sweep_more.yaml", "--cores", "2")
     assert result.returncode == 0, result.stderr
     jobs = scheduled_jobs(result.stdout)
-    per_point = {"edit_model": 1, "verify_edit": 1, "generate_answers": 3, "gather_answers": 3,
-                 "judge_strmatch": 3, "kl_divergence": 2, "kl_summary": 1, "stats": 1, "figures": 1,
-                 "heldout_stats": 1}
-    aggregates = {"compare_conditions": 2, "kl_comparisons": 1, "xstest_stats": 1, "tradeoff": 1,
-                  "dose_response": 1, "all": 1}
+    per_point = {
+        "edit_model": 1,
+        "verify_edit": 1,
+        "generate_answers": 3,
+        "gather_answers": 3,
+        "judge_strmatch": 3,
+        "kl_divergence": 2,
+        "kl_summary": 1,
+        "stats": 1,
+        "figures": 1,
+        "heldout_stats": 1,
+    }
+    aggregates = {
+        "compare_conditions": 2,
+        "kl_comparisons": 1,
+        "xstest_stats": 1,
+        "tradeoff": 1,
+        "dose_response": 1,
+        "all": 1,
+    }
     assert jobs == {**per_point, **aggregates}, jobs
     conditions = set(re.findall(r"condition=(\w+)", result.stdout))
     edits = set(re.findall(r"edit=(\w+)", result.stdout))
@@ -242,8 +255,17 @@ def test_changing_alpha_reruns_only_what_depends_on_it(demo_run, tmp_path):
     result = snakemake(demo_run, "-n", "--configfile", str(changed), "--cores", "2")
     assert result.returncode == 0, result.stderr
     jobs = scheduled_jobs(result.stdout)
-    depends_on_alpha = {"stats", "heldout_stats", "figures", "kl_summary", "kl_comparisons", "compare_conditions",
-                        "xstest_stats", "tradeoff", "dose_response"}
+    depends_on_alpha = {
+        "stats",
+        "heldout_stats",
+        "figures",
+        "kl_summary",
+        "kl_comparisons",
+        "compare_conditions",
+        "xstest_stats",
+        "tradeoff",
+        "dose_response",
+    }
     assert set(jobs) - {"all"} <= depends_on_alpha, jobs
     assert "stats" in jobs
 
@@ -285,14 +307,25 @@ def test_demo_measures_the_cost_of_every_edit(demo_run):
     work = demo_run
     safe = {"heldout": 0, "xstest": 0}
     for promptset in safe:
-        questions = [json.loads(line) for line in (work / f"results/questions/{promptset}.jsonl").read_text().splitlines()]
+        questions = [
+            json.loads(line) for line in (work / f"results/questions/{promptset}.jsonl").read_text().splitlines()
+        ]
         safe[promptset] = sum(q["label"] == "safe" for q in questions)
     assert safe["xstest"] == 20
     for edit in DEMO_EDITS:
         for promptset, n_safe in safe.items():
             kl = pd.read_csv(work / f"results/cost/{edit}/kl_{promptset}.csv")
-            assert list(kl.columns) == ["question_id", "prompt_id", "promptset", "category", "kl_first",
-                                        "kl_answer_mean", "kl_answer_max", "tokens", "generated_tokens"]
+            assert list(kl.columns) == [
+                "question_id",
+                "prompt_id",
+                "promptset",
+                "category",
+                "kl_first",
+                "kl_answer_mean",
+                "kl_answer_max",
+                "tokens",
+                "generated_tokens",
+            ]
             assert len(kl) == n_safe and (kl["promptset"] == promptset).all()
             assert (kl[["kl_first", "kl_answer_mean", "kl_answer_max"]] >= 0).all().all()
             assert (kl["kl_answer_max"] >= kl["kl_answer_mean"] - 1e-12).all()
@@ -324,8 +357,14 @@ def test_demo_measures_the_cost_of_every_edit(demo_run):
 
     tradeoff = pd.read_csv(work / "results/stats/strmatch/tradeoff.csv")
     assert sorted(tradeoff["edit"]) == sorted(DEMO_EDITS)
-    assert tradeoff[["benchmark_refusal_change", "kl_answer_mean_heldout", "xstest_safe_refusal_change"]].notna().all().all()
+    assert (
+        tradeoff[["benchmark_refusal_change", "kl_answer_mean_heldout", "xstest_safe_refusal_change"]]
+        .notna()
+        .all()
+        .all()
+    )
     _png(work / "results/figures/strmatch/tradeoff.png")
+
 
 # ---------------------------------------------------------------- bad inputs never destroy finished work
 
@@ -368,26 +407,56 @@ def _drop_turns(lines):
 
 # (what, config change or None, file and its edit or None, fragments the dry run must print)
 BAD_INPUTS = [
-    ("wrong construction.sha256", lambda c: c["construction"].update(sha256="0" * 64), None,
-     ["construction.sha256", "SHA-256 mismatch", CONSTRUCTION]),
-    ("missing construction file", lambda c: c["construction"].update(path="resources/demo/nowhere.csv"), None,
-     ["construction.path", "resources/demo/nowhere.csv does not exist"]),
-    ("unknown generation.engine", lambda c: c["generation"].update(engine="fastest"), None,
-     ["generation", "engine", "fastest"]),
-    ("benchmark: duplicate id", None, (BENCHMARK, _edit_lines(lambda ls: ls.insert(3, ls[2]))),
-     [BENCHMARK, "line 4", "expected 4, got 3"]),
-    ("benchmark: out-of-order ids", None, (BENCHMARK, _edit_lines(lambda ls: ls.insert(0, ls.pop(1)))),
-     [BENCHMARK, "line 1", "expected 1, got 2"]),
+    (
+        "wrong construction.sha256",
+        lambda c: c["construction"].update(sha256="0" * 64),
+        None,
+        ["construction.sha256", "SHA-256 mismatch", CONSTRUCTION],
+    ),
+    (
+        "missing construction file",
+        lambda c: c["construction"].update(path="resources/demo/nowhere.csv"),
+        None,
+        ["construction.path", "resources/demo/nowhere.csv does not exist"],
+    ),
+    (
+        "unknown generation.engine",
+        lambda c: c["generation"].update(engine="fastest"),
+        None,
+        ["generation", "engine", "fastest"],
+    ),
+    (
+        "benchmark: duplicate id",
+        None,
+        (BENCHMARK, _edit_lines(lambda ls: ls.insert(3, ls[2]))),
+        [BENCHMARK, "line 4", "expected 4, got 3"],
+    ),
+    (
+        "benchmark: out-of-order ids",
+        None,
+        (BENCHMARK, _edit_lines(lambda ls: ls.insert(0, ls.pop(1)))),
+        [BENCHMARK, "line 1", "expected 1, got 2"],
+    ),
     ("benchmark: missing turns", None, (BENCHMARK, _edit_lines(_drop_turns)), [BENCHMARK, "line 5", "'turns'"]),
-    ("benchmark: not JSON", None, (BENCHMARK, _edit_lines(lambda ls: ls.__setitem__(6, ls[6][:-5]))),
-     [BENCHMARK, "line 7", "not valid JSON"]),
-    ("benchmark: string id", None,
-     (BENCHMARK, _edit_lines(lambda ls: ls.__setitem__(1, ls[1].replace('"question_id": 2', '"question_id": "2"')))),
-     [BENCHMARK, "line 2", "must be an integer"]),
+    (
+        "benchmark: not JSON",
+        None,
+        (BENCHMARK, _edit_lines(lambda ls: ls.__setitem__(6, ls[6][:-5]))),
+        [BENCHMARK, "line 7", "not valid JSON"],
+    ),
+    (
+        "benchmark: string id",
+        None,
+        (BENCHMARK, _edit_lines(lambda ls: ls.__setitem__(1, ls[1].replace('"question_id": 2', '"question_id": "2"')))),
+        [BENCHMARK, "line 2", "must be an integer"],
+    ),
     ("benchmark: empty file", None, (BENCHMARK, lambda text: ""), [BENCHMARK, "the file is empty"]),
-    ("construction: bad label", None,
-     (CONSTRUCTION, _edit_lines(lambda ls: ls.__setitem__(3, ls[3].replace(",safe,", ",harmless,")))),
-     [CONSTRUCTION, "line 4", "'harmless'"]),
+    (
+        "construction: bad label",
+        None,
+        (CONSTRUCTION, _edit_lines(lambda ls: ls.__setitem__(3, ls[3].replace(",safe,", ",harmless,")))),
+        [CONSTRUCTION, "line 4", "'harmless'"],
+    ),
 ]
 
 
@@ -499,8 +568,17 @@ def test_gemma3_dag_builds_offline(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = scheduled_jobs(result.stdout)
     edits, promptsets = 3, 3
-    for rule in ("prepare_model", "refusal_tune", "activations", "fit_directions", "direction_figures",
-                 "select_arditi_direction", "xstest_questions", "tradeoff", "dose_response"):
+    for rule in (
+        "prepare_model",
+        "refusal_tune",
+        "activations",
+        "fit_directions",
+        "direction_figures",
+        "select_arditi_direction",
+        "xstest_questions",
+        "tradeoff",
+        "dose_response",
+    ):
         assert jobs.get(rule) == 1, f"{rule}: {jobs}"
     assert jobs["edit_model"] == edits and jobs["verify_edit"] == edits
     assert jobs["generate_answers"] == (1 + edits) * promptsets

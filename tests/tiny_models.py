@@ -36,8 +36,9 @@ CHATML_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=16)
+TINY_TEXT = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1, head_dim=16
+)
 
 
 @contextlib.contextmanager
@@ -77,8 +78,9 @@ def _byte_level_tokenizer(specials: list[str]):
     return backend
 
 
-def build_tiny_tokenizer(path, style: str = "gemma", eos_token: str | None = None,
-                         pad_token: str | None = "default") -> Path:
+def build_tiny_tokenizer(
+    path, style: str = "gemma", eos_token: str | None = None, pad_token: str | None = "default"
+) -> Path:
     """Save a tiny tokenizer with a chat template into ``path``.
 
     ``eos_token``/``pad_token`` override the style's defaults; ``pad_token=None`` leaves the
@@ -94,8 +96,9 @@ def build_tiny_tokenizer(path, style: str = "gemma", eos_token: str | None = Non
         defaults = dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
     elif style == "chatml":
         specials, template = CHATML_SPECIALS, CHATML_CHAT_TEMPLATE
-        defaults = dict(bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-                        unk_token="<|endoftext|>")
+        defaults = dict(
+            bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>", unk_token="<|endoftext|>"
+        )
     else:
         raise ValueError(f"unknown tokenizer style {style!r}")
     backend = _byte_level_tokenizer(specials)
@@ -135,8 +138,9 @@ def _save_generation_config(model, path: Path, eos_ids: list[int], pad_id: int |
     model.save_pretrained(path)
 
 
-def build_tiny_llama(path, style: str = "gemma", max_position_embeddings: int = 256, seed: int = 0,
-                     tokenizer_kwargs: dict | None = None) -> Path:
+def build_tiny_llama(
+    path, style: str = "gemma", max_position_embeddings: int = 256, seed: int = 0, tokenizer_kwargs: dict | None = None
+) -> Path:
     """Tiny random LlamaForCausalLM (3 layers, hidden 32) with its tokenizer in ``path``.
 
     Its generation config names only the tokenizer's eos, not the chat template's
@@ -149,9 +153,15 @@ def build_tiny_llama(path, style: str = "gemma", max_position_embeddings: int = 
     bos = ids.get("<bos>", ids.get("<|im_start|>"))
     eos = ids.get("<eos>", ids.get("<|im_end|>"))
     pad = ids.get("<pad>", ids.get("<|im_end|>"))
-    config = LlamaConfig(vocab_size=ids["__vocab_size__"], max_position_embeddings=max_position_embeddings,
-                         bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, tie_word_embeddings=False,
-                         **TINY_TEXT)
+    config = LlamaConfig(
+        vocab_size=ids["__vocab_size__"],
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        tie_word_embeddings=False,
+        **TINY_TEXT,
+    )
     with _seeded(seed):
         model = LlamaForCausalLM(config).eval()
     _save_generation_config(model, path, [eos], pad, bos)
@@ -164,9 +174,15 @@ def build_tiny_gemma3(path, max_position_embeddings: int = 256, seed: int = 0) -
 
     path = build_tiny_tokenizer(path, style="gemma")
     ids = _token_ids(path)
-    config = Gemma3TextConfig(vocab_size=ids["__vocab_size__"], max_position_embeddings=max_position_embeddings,
-                              sliding_window=16, bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"],
-                              pad_token_id=ids["<pad>"], **TINY_TEXT)
+    config = Gemma3TextConfig(
+        vocab_size=ids["__vocab_size__"],
+        max_position_embeddings=max_position_embeddings,
+        sliding_window=16,
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eos>"],
+        pad_token_id=ids["<pad>"],
+        **TINY_TEXT,
+    )
     with _seeded(seed):
         model = Gemma3ForCausalLM(config).eval()
     _save_generation_config(model, path, [ids["<eos>"], ids["<end_of_turn>"]], ids["<pad>"], ids["<bos>"])
@@ -184,10 +200,19 @@ def build_tiny_gemma4(path, max_position_embeddings: int = 256, seed: int = 0, s
     path = build_tiny_tokenizer(path, style="gemma")
     ids = _token_ids(path)
     vocab = ids["__vocab_size__"]
-    text_config = dict(TINY_TEXT, vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size_per_layer_input=8,
-                       max_position_embeddings=max_position_embeddings, sliding_window=sliding_window, global_head_dim=16,
-                       layer_types=["sliding_attention"] * (TINY_TEXT["num_hidden_layers"] - 1) + ["full_attention"],
-                       bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+    text_config = dict(
+        TINY_TEXT,
+        vocab_size=vocab,
+        vocab_size_per_layer_input=vocab,
+        hidden_size_per_layer_input=8,
+        max_position_embeddings=max_position_embeddings,
+        sliding_window=sliding_window,
+        global_head_dim=16,
+        layer_types=["sliding_attention"] * (TINY_TEXT["num_hidden_layers"] - 1) + ["full_attention"],
+        bos_token_id=ids["<bos>"],
+        eos_token_id=ids["<eos>"],
+        pad_token_id=ids["<pad>"],
+    )
     config = Gemma4Config(text_config=text_config, vision_config=None, audio_config=None)
     with _seeded(seed):
         model = Gemma4ForConditionalGeneration(config).eval()

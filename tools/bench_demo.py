@@ -25,10 +25,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tracked_copy(target: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = REPO / name
         if src.is_file():
@@ -65,16 +71,19 @@ def refusal_counts(root: Path) -> list[str]:
     if kl.is_file():
         for row in csv.DictReader(kl.open()):
             if row["category"] == "all" and row["measure"] in ("kl_first", "kl_answer_mean"):
-                lines.append(f"KL {row['measure']} on {row['n_prompts']} {row['promptset']} safe prompts: mean "
-                             f"{float(row['mean']):.3g} nats ({float(row['mean_ci_low']):.3g} to "
-                             f"{float(row['mean_ci_high']):.3g}), median {float(row['median']):.3g}")
+                lines.append(
+                    f"KL {row['measure']} on {row['n_prompts']} {row['promptset']} safe prompts: mean "
+                    f"{float(row['mean']):.3g} nats ({float(row['mean_ci_low']):.3g} to "
+                    f"{float(row['mean_ci_high']):.3g}), median {float(row['median']):.3g}"
+                )
     dose = root / "results/stats/strmatch/dose_response.csv"
     if dose.is_file():
         for row in csv.DictReader(dose.open()):
             kl = row.get("kl_answer_mean_heldout")
             lines.append(
                 f"variant {row['edit']} (scale {row['scale']}): benchmark refusal {float(row['refusal_rate']):.3f} "
-                f"(change {float(row['change_vs_baseline']):+.3f}, McNemar p {float(row['mcnemar_p_vs_baseline']):.2g}), "
+                f"(change {float(row['change_vs_baseline']):+.3f}, "
+                f"McNemar p {float(row['mcnemar_p_vs_baseline']):.2g}), "
                 f"layer-write leakage {float(row['layer_writes_ratio_median']):.3g}"
                 + (f", mean answer KL held-out {float(kl):.3g}" if kl else "")
             )
@@ -95,12 +104,16 @@ def main() -> int:
         with (root / "snakemake.log").open("w") as log:
             run = subprocess.run(
                 [str(snakemake), "--configfile", "config/demo.yaml", "--cores", str(args.cores)],
-                cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                cwd=root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wall = time.monotonic() - start
         if run.returncode != 0:
             args.keep = True
-            print(f"the demo failed (exit {run.returncode}) after {wall:.0f} s; see {root}/snakemake.log and {root}/logs")
+            print(
+                f"the demo failed (exit {run.returncode}) after {wall:.0f} s; see {root}/snakemake.log and {root}/logs"
+            )
             return 1
         jobs = job_seconds(root)
         print(f"\nwall clock: {wall:.0f} s ({wall / 60:.1f} min)")

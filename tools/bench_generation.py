@@ -44,14 +44,37 @@ log = logging.getLogger("bench_generation")
 
 # gemma-4-E4B-it text decoder, as measured in issue 6
 E4B_TEXT = dict(
-    vocab_size=262_144, vocab_size_per_layer_input=262_144, hidden_size=2560, intermediate_size=10240,
-    num_hidden_layers=42, num_attention_heads=8, num_key_value_heads=2, head_dim=256, global_head_dim=512,
-    num_kv_shared_layers=18, final_logit_softcapping=30.0, hidden_size_per_layer_input=256, sliding_window=512,
-    max_position_embeddings=131_072, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    vocab_size=262_144,
+    vocab_size_per_layer_input=262_144,
+    hidden_size=2560,
+    intermediate_size=10240,
+    num_hidden_layers=42,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=256,
+    global_head_dim=512,
+    num_kv_shared_layers=18,
+    final_logit_softcapping=30.0,
+    hidden_size_per_layer_input=256,
+    sliding_window=512,
+    max_position_embeddings=131_072,
+    pad_token_id=0,
+    eos_token_id=1,
+    bos_token_id=2,
 )
-TINY_TEXT = dict(E4B_TEXT, vocab_size=512, vocab_size_per_layer_input=512, hidden_size=64, intermediate_size=128,
-                 num_hidden_layers=12, head_dim=16, global_head_dim=32, num_kv_shared_layers=4,
-                 hidden_size_per_layer_input=8, sliding_window=32)
+TINY_TEXT = dict(
+    E4B_TEXT,
+    vocab_size=512,
+    vocab_size_per_layer_input=512,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=12,
+    head_dim=16,
+    global_head_dim=32,
+    num_kv_shared_layers=4,
+    hidden_size_per_layer_input=8,
+    sliding_window=32,
+)
 
 
 def build_model(text: dict, device: str, dtype: torch.dtype):
@@ -102,11 +125,11 @@ def measure_ceilings(device: str) -> dict:
 
     src = torch.randn(2**30, device=device, dtype=torch.float32)  # 4 GiB
     dst = torch.empty_like(src)
-    copy_s = timed(lambda: dst.copy_(src))
+    copy_s = timed(lambda d=dst, s=src: d.copy_(s))
     del src, dst
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    mm_s = timed(lambda: a @ b)
+    mm_s = timed(lambda x=a, y=b: x @ y)
     del a, b
     torch.cuda.empty_cache()
     return {"bandwidth_bytes_per_s": 2 * 4 * 2**30 / copy_s, "bf16_flops_per_s": 2 * 8192**3 / mm_s}
@@ -125,14 +148,15 @@ class StepCost:
         params = {id(p): p for p in model.parameters() if id(p) not in lookups}
         params[id(model.lm_head.weight)] = model.lm_head.weight  # tied to the embedding, read whole
         self.weight_bytes = sum(p.numel() * element for p in params.values())
-        self.matmul_params = sum(
-            m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)
-        )
+        self.matmul_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
         self.layers = []  # (kv bytes per token, attention flops per token per row, window or None)
         for idx, layer in enumerate(layers):
             attn = layer.self_attn
-            n_kv = text.per_layer_config[idx].num_key_value_heads if hasattr(text, "per_layer_config") \
+            n_kv = (
+                text.per_layer_config[idx].num_key_value_heads
+                if hasattr(text, "per_layer_config")
                 else text.num_key_value_heads
+            )
             head_dim = attn.head_dim
             window = text.sliding_window if text.layer_types[idx] == "sliding_attention" else None
             self.layers.append((2 * n_kv * head_dim * element, 4 * text.num_attention_heads * head_dim, window))
@@ -150,18 +174,26 @@ class StepCost:
 
 def run_reference(model, prompts, lengths, batch: int, steps: int, n_batches: int, device: str) -> dict:
     """Time model.generate (batch 8, padded) for `steps` forced tokens on a subset; extrapolate."""
+
     def generate(indices, n_new):
         width = max(len(prompts[i]) for i in indices)
         ids = torch.zeros((len(indices), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, i in enumerate(indices):
-            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]):] = 1
+            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]) :] = 1
         sync()
         start = time.monotonic()
         with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                                 max_new_tokens=n_new, min_new_tokens=n_new, eos_token_id=None, pad_token_id=0)
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                do_sample=False,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
         sync()
         assert out.shape[1] == width + n_new
         return time.monotonic() - start
@@ -179,16 +211,31 @@ def run_reference(model, prompts, lengths, batch: int, steps: int, n_batches: in
         log.info("reference batch %d: %d steps in %.1f s", b, steps, full)
     step_s = statistics.mean(per_step)
     # the reference code walks the questions in file order, 8 at a time, each batch as long as its longest
-    total_s = sum(max(lengths[i:i + batch]) * step_s for i in range(0, len(lengths), batch))
-    return {"batch_size": batch, "measured_batches": n_batches, "measured_steps": steps,
-            "seconds_per_step": step_s, "extrapolated_seconds": total_s,
-            "tokens_per_s": sum(lengths) / total_s}
+    total_s = sum(max(lengths[i : i + batch]) * step_s for i in range(0, len(lengths), batch))
+    return {
+        "batch_size": batch,
+        "measured_batches": n_batches,
+        "measured_steps": steps,
+        "seconds_per_step": step_s,
+        "extrapolated_seconds": total_s,
+        "tokens_per_s": sum(lengths) / total_s,
+    }
 
 
-def run_engine(model, prompts, lengths, batch_size, cost: StepCost, ceilings: dict, fuse_norms=None,
-               batch_invariant=False) -> dict:
-    decoder = _SlotDecoder(model, prompts, lengths, [], 0, batch_size, cuda_graphs=None, fuse_norms=fuse_norms,
-                           batch_invariant=batch_invariant)
+def run_engine(
+    model, prompts, lengths, batch_size, cost: StepCost, ceilings: dict, fuse_norms=None, batch_invariant=False
+) -> dict:
+    decoder = _SlotDecoder(
+        model,
+        prompts,
+        lengths,
+        [],
+        0,
+        batch_size,
+        cuda_graphs=None,
+        fuse_norms=fuse_norms,
+        batch_invariant=batch_invariant,
+    )
     decoder.trace = []
     start = time.monotonic()
     with _exact_cublas_reductions(batch_invariant and decoder.device.type == "cuda"):
@@ -207,13 +254,21 @@ def run_engine(model, prompts, lengths, batch_size, cost: StepCost, ceilings: di
     decode_only = decoder.decode_seconds - decoder.capture_seconds
     tokens = sum(lengths)
     return {
-        "batch_size": decoder.slots, "tokens": tokens, "wall_seconds": wall, "tokens_per_s": tokens / wall,
-        "prefill_seconds": decoder.prefill_seconds, "decode_seconds": decoder.decode_seconds,
-        "graph_capture_seconds": decoder.capture_seconds, "graphs": len(decoder.graphs), "steps": decoder.steps,
-        "bandwidth_bound_seconds": bytes_s, "roofline_bound_seconds": flops_s,
+        "batch_size": decoder.slots,
+        "tokens": tokens,
+        "wall_seconds": wall,
+        "tokens_per_s": tokens / wall,
+        "prefill_seconds": decoder.prefill_seconds,
+        "decode_seconds": decoder.decode_seconds,
+        "graph_capture_seconds": decoder.capture_seconds,
+        "graphs": len(decoder.graphs),
+        "steps": decoder.steps,
+        "bandwidth_bound_seconds": bytes_s,
+        "roofline_bound_seconds": flops_s,
         "bandwidth_fraction_decode": bytes_s / decode_only if decode_only > 0 else float("nan"),
         "roofline_fraction_decode": flops_s / decode_only if decode_only > 0 else float("nan"),
-        "bandwidth_fraction_wall": bytes_s / wall, "roofline_fraction_wall": flops_s / wall,
+        "bandwidth_fraction_wall": bytes_s / wall,
+        "roofline_fraction_wall": flops_s / wall,
         "mean_active_rows": float(np.mean([len(c) for c in decoder.trace])) if decoder.trace else 0.0,
         "logit_gaps_first_48_tokens_of_4_answers": gaps,
     }
@@ -230,30 +285,49 @@ def logit_gaps(model, prompts, answers) -> dict:
     for prompt, answer in zip(prompts, answers):
         with torch.inference_mode():
             forced = torch.tensor([prompt + answer], device=model.device)
-            logits = model(input_ids=forced).logits[0, len(prompt) - 1: -1].float()
+            logits = model(input_ids=forced).logits[0, len(prompt) - 1 : -1].float()
         chosen = logits.gather(1, torch.tensor(answer, device=logits.device)[:, None])[:, 0]
         gaps += (logits.max(dim=1).values - chosen).tolist()
         spreads.append(float(logits.std()))
-    return {"argmax_rate": float(np.mean([g == 0 for g in gaps])), "max_logit_gap": float(max(gaps)),
-            "median_logit_gap": float(np.median(gaps)), "logit_std": float(np.mean(spreads)),
-            "checked_tokens": len(gaps)}
+    return {
+        "argmax_rate": float(np.mean([g == 0 for g in gaps])),
+        "max_logit_gap": float(max(gaps)),
+        "median_logit_gap": float(np.median(gaps)),
+        "logit_std": float(np.mean(spreads)),
+        "checked_tokens": len(gaps),
+    }
 
 
 def agreement(model, prompts, n_new: int) -> dict:
     """Engine vs model.generate on each prompt alone, plus the engine tokens' logit gaps."""
-    got = {r.index: r.tokens for r in iter_greedy(model, prompts, [n_new] * len(prompts), [], 0,
-                                                    batch_size=len(prompts), engine="continuous")}
+    got = {
+        r.index: r.tokens
+        for r in iter_greedy(
+            model, prompts, [n_new] * len(prompts), [], 0, batch_size=len(prompts), engine="continuous"
+        )
+    }
     same, prefixes = 0, []
     for i, prompt in enumerate(prompts):
         with torch.inference_mode():
-            out = model.generate(torch.tensor([prompt], device=model.device), max_new_tokens=n_new,
-                                 min_new_tokens=n_new, do_sample=False, eos_token_id=None, pad_token_id=0)
-        ref = out[0, len(prompt):].tolist()
+            out = model.generate(
+                torch.tensor([prompt], device=model.device),
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+        ref = out[0, len(prompt) :].tolist()
         same += ref == got[i]
         prefixes.append(next((k for k, (a, b) in enumerate(zip(ref, got[i])) if a != b), n_new))
-    return {"prompts": len(prompts), "tokens": n_new, "dtype": str(next(model.parameters()).dtype),
-            "identical": same, "mean_common_prefix": float(np.mean(prefixes)),
-            **logit_gaps(model, prompts, [got[i] for i in range(len(prompts))])}
+    return {
+        "prompts": len(prompts),
+        "tokens": n_new,
+        "dtype": str(next(model.parameters()).dtype),
+        "identical": same,
+        "mean_common_prefix": float(np.mean(prefixes)),
+        **logit_gaps(model, prompts, [got[i] for i in range(len(prompts))]),
+    }
 
 
 def main(argv=None) -> int:
@@ -262,18 +336,28 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=int, default=4096)
     parser.add_argument("--batch-size", default="auto", help="engine batch size: 'auto' or an int")
     parser.add_argument("--extra-batch-sizes", default="", help="comma-separated engine batch sizes to also run")
-    parser.add_argument("--unfused-too", action="store_true",
-                        help="also run the engine without compiled RMSNorms, side by side")
-    parser.add_argument("--no-invariant", action="store_true",
-                        help="skip the engine's batch-invariant mode (run by default beside the fast mode)")
+    parser.add_argument(
+        "--unfused-too", action="store_true", help="also run the engine without compiled RMSNorms, side by side"
+    )
+    parser.add_argument(
+        "--no-invariant",
+        action="store_true",
+        help="skip the engine's batch-invariant mode (run by default beside the fast mode)",
+    )
     parser.add_argument("--reference-batches", type=int, default=2)
     parser.add_argument("--reference-steps", type=int, default=64)
     parser.add_argument("--agreement-prompts", type=int, default=8)
-    parser.add_argument("--float32-agreement", action="store_true",
-                        help="also check token-for-token agreement on a float32 copy of the model")
-    parser.add_argument("--self-check-only", action="store_true",
-                        help="only measure how often model.generate's own tokens are the teacher-forced argmax "
-                             "(bf16 and float32), i.e. how chaotic the random model is, and exit")
+    parser.add_argument(
+        "--float32-agreement",
+        action="store_true",
+        help="also check token-for-token agreement on a float32 copy of the model",
+    )
+    parser.add_argument(
+        "--self-check-only",
+        action="store_true",
+        help="only measure how often model.generate's own tokens are the teacher-forced argmax "
+        "(bf16 and float32), i.e. how chaotic the random model is, and exit",
+    )
     parser.add_argument("--tiny", action="store_true", help="shrunken model and workload (CPU smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="write all numbers as JSON here")
     args = parser.parse_args(argv)
@@ -289,13 +373,21 @@ def main(argv=None) -> int:
     if args.self_check_only:
         for check_dtype in (torch.bfloat16, torch.float32) if device == "cuda" else (torch.float32,):
             check = build_model(text, device, check_dtype)
-            check_prompts = random_prompts(args.agreement_prompts, text["vocab_size"], np.random.default_rng(7), 20, 200)
+            check_prompts = random_prompts(
+                args.agreement_prompts, text["vocab_size"], np.random.default_rng(7), 20, 200
+            )
             answers = []
             for prompt in check_prompts:
                 with torch.inference_mode():
-                    out = check.generate(torch.tensor([prompt], device=device), max_new_tokens=24, min_new_tokens=24,
-                                         do_sample=False, eos_token_id=None, pad_token_id=0)
-                answers.append(out[0, len(prompt):].tolist())
+                    out = check.generate(
+                        torch.tensor([prompt], device=device),
+                        max_new_tokens=24,
+                        min_new_tokens=24,
+                        do_sample=False,
+                        eos_token_id=None,
+                        pad_token_id=0,
+                    )
+                answers.append(out[0, len(prompt) :].tolist())
             report[f"generate_self_check_{check_dtype}"] = logit_gaps(check, check_prompts, answers)
             print(f"model.generate's own tokens, {check_dtype}: {report[f'generate_self_check_{check_dtype}']}")
             del check
@@ -311,6 +403,7 @@ def main(argv=None) -> int:
         del exact
         if device == "cuda":
             torch.cuda.empty_cache()
+
     def save():
         if args.out:
             args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -328,13 +421,23 @@ def main(argv=None) -> int:
     cost = StepCost(model)
 
     report |= {
-        "date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if device == "cuda" else
-        platform.processor() or "cpu", "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__, "parameters": n_params, "dtype": str(dtype),
-        "ceilings": ceilings, "weight_bytes_per_step": cost.weight_bytes, "prompts": args.prompts, "cap": cap,
-        "answer_tokens": sum(lengths), "mean_answer_tokens": float(np.mean(lengths)),
-        "length_mix": {"short_20_120": sum(n <= 120 for n in lengths), "long_300_1200": sum(
-            300 <= n <= 1200 for n in lengths), "at_cap": sum(n == cap for n in lengths)},
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "parameters": n_params,
+        "dtype": str(dtype),
+        "ceilings": ceilings,
+        "weight_bytes_per_step": cost.weight_bytes,
+        "prompts": args.prompts,
+        "cap": cap,
+        "answer_tokens": sum(lengths),
+        "mean_answer_tokens": float(np.mean(lengths)),
+        "length_mix": {
+            "short_20_120": sum(n <= 120 for n in lengths),
+            "long_300_1200": sum(300 <= n <= 1200 for n in lengths),
+            "at_cap": sum(n == cap for n in lengths),
+        },
     }
     if device == "cuda":
         # fail fast if CUDA graphs cannot be captured: the eager engine would take many minutes here
@@ -355,8 +458,9 @@ def main(argv=None) -> int:
     if device == "cuda":
         torch.cuda.empty_cache()
     if args.reference_batches:
-        report["reference"] = run_reference(model, prompts, lengths, 8, args.reference_steps,
-                                            args.reference_batches, device)
+        report["reference"] = run_reference(
+            model, prompts, lengths, 8, args.reference_steps, args.reference_batches, device
+        )
         log.info("reference: %s", report["reference"])
         save()
     for extra in filter(None, args.extra_batch_sizes.split(",")):
@@ -365,8 +469,9 @@ def main(argv=None) -> int:
     if not args.no_invariant:
         if device == "cuda":
             torch.cuda.empty_cache()
-        report["engine_invariant"] = run_engine(model, prompts, lengths, batch_size, cost, ceilings,
-                                                batch_invariant=True)
+        report["engine_invariant"] = run_engine(
+            model, prompts, lengths, batch_size, cost, ceilings, batch_invariant=True
+        )
         log.info("engine, batch-invariant mode: %s", report["engine_invariant"])
         save()
     if args.unfused_too:
@@ -393,10 +498,12 @@ def main(argv=None) -> int:
     if "reference" in report:
         ref = report["reference"]
         report["ratio"] = engine["tokens_per_s"] / ref["tokens_per_s"]
-        lines.append(f"reference (generate, batch 8, padded; {ref['measured_batches']} batches x "
-                     f"{ref['measured_steps']} steps measured, rest extrapolated): "
-                     f"{ref['seconds_per_step'] * 1e3:.0f} ms/step, {ref['tokens_per_s']:.1f} tok/s, "
-                     f"{ref['extrapolated_seconds'] / 60:.0f} min for this mix")
+        lines.append(
+            f"reference (generate, batch 8, padded; {ref['measured_batches']} batches x "
+            f"{ref['measured_steps']} steps measured, rest extrapolated): "
+            f"{ref['seconds_per_step'] * 1e3:.0f} ms/step, {ref['tokens_per_s']:.1f} tok/s, "
+            f"{ref['extrapolated_seconds'] / 60:.0f} min for this mix"
+        )
         lines.append(f"ratio engine / reference: {report['ratio']:.0f}x")
     for key in ("agreement_float32", "agreement"):
         if key in report:
@@ -405,26 +512,33 @@ def main(argv=None) -> int:
                 f"{key} ({agree['dtype']}, {agree['prompts']} prompts x {agree['tokens']} tokens): "
                 f"{agree['identical']}/{agree['prompts']} identical to model.generate, mean common prefix "
                 f"{agree['mean_common_prefix']:.1f}; engine token is the argmax {agree['argmax_rate']:.1%}, "
-                f"max gap {agree['max_logit_gap']:.3f} (logit std {agree['logit_std']:.2f})")
+                f"max gap {agree['max_logit_gap']:.3f} (logit std {agree['logit_std']:.2f})"
+            )
     if "engine_unfused" in report:
         plain = report["engine_unfused"]
-        lines.append(f"engine without compiled RMSNorms: {plain['tokens_per_s']:.0f} tok/s, "
-                     f"{plain['bandwidth_fraction_decode']:.1%} of the bound over decode time "
-                     f"({plain['bandwidth_fraction_wall']:.1%} of wall); with them: x"
-                     f"{engine['tokens_per_s'] / plain['tokens_per_s']:.2f}")
+        lines.append(
+            f"engine without compiled RMSNorms: {plain['tokens_per_s']:.0f} tok/s, "
+            f"{plain['bandwidth_fraction_decode']:.1%} of the bound over decode time "
+            f"({plain['bandwidth_fraction_wall']:.1%} of wall); with them: x"
+            f"{engine['tokens_per_s'] / plain['tokens_per_s']:.2f}"
+        )
     if "engine_invariant" in report:
         inv = report["engine_invariant"]
         report["invariant_over_fast"] = inv["tokens_per_s"] / engine["tokens_per_s"]
-        lines.append(f"engine, batch-invariant mode: batch {inv['batch_size']}, {inv['tokens_per_s']:.0f} tok/s "
-                     f"({inv['wall_seconds']:.1f} s wall: prefill {inv['prefill_seconds']:.1f} s, decode "
-                     f"{inv['decode_seconds']:.1f} s incl. {inv['graphs']} graph captures "
-                     f"{inv['graph_capture_seconds']:.1f} s); {report['invariant_over_fast']:.1%} of the fast mode")
+        lines.append(
+            f"engine, batch-invariant mode: batch {inv['batch_size']}, {inv['tokens_per_s']:.0f} tok/s "
+            f"({inv['wall_seconds']:.1f} s wall: prefill {inv['prefill_seconds']:.1f} s, decode "
+            f"{inv['decode_seconds']:.1f} s incl. {inv['graphs']} graph captures "
+            f"{inv['graph_capture_seconds']:.1f} s); {report['invariant_over_fast']:.1%} of the fast mode"
+        )
         if "reference" in report:
             report["invariant_ratio"] = inv["tokens_per_s"] / report["reference"]["tokens_per_s"]
             lines.append(f"ratio batch-invariant engine / reference: {report['invariant_ratio']:.0f}x")
     lines.append(f"engine tokens' logit gaps: {engine['logit_gaps_first_48_tokens_of_4_answers']}")
-    lines.append(f"estimated generation time of the reference experiment (2 x 440 prompts, cap 4096, this mix): "
-                 f"{report['estimate_reference_experiment_seconds'] / 60:.1f} min")
+    lines.append(
+        f"estimated generation time of the reference experiment (2 x 440 prompts, cap 4096, this mix): "
+        f"{report['estimate_reference_experiment_seconds'] / 60:.1f} min"
+    )
     print("\n".join(lines))
     save()
     return 0

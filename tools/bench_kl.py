@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_generation import E4B_TEXT, TINY_TEXT, build_model  # noqa: E402
+
 from refusal_ablation.edit import apply_edit, plan_edit  # noqa: E402
 from refusal_ablation.kl import prompt_kl  # noqa: E402
 
@@ -129,7 +130,9 @@ def main(argv=None) -> int:
             + (f", peak {run['peak_gpu_gib']:.1f} GiB" if run["peak_gpu_gib"] is not None else "")
             + f"); mean KL first {run['mean_kl_first']:.3g}, along the answer {run['mean_kl_answer']:.3g} nats"
         )
-    print(f"models built in {build_s:.1f} s; self-check max KL(baseline || baseline) = {result['self_check_max_kl']:.2g}")
+    print(
+        f"models built in {build_s:.1f} s; self-check max KL(baseline || baseline) = {result['self_check_max_kl']:.2g}"
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

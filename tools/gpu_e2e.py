@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO / "tools"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from bench_generation import E4B_TEXT, TINY_TEXT  # noqa: E402
+
 from tiny_models import _token_ids, build_tiny_tokenizer  # noqa: E402
 
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources/demo", "resources/chat_templates", "vendor")
@@ -62,8 +63,9 @@ def build_checkpoint(path: Path, tiny: bool, device: str, full_vocab: bool = Fal
 
     build_tiny_tokenizer(path, style="gemma")
     ids = _token_ids(path)
-    text = dict(TINY_TEXT if tiny else E4B_TEXT, pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"],
-                bos_token_id=ids["<bos>"])
+    text = dict(
+        TINY_TEXT if tiny else E4B_TEXT, pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"]
+    )
     if not full_vocab:
         # the test tokenizer has 262 ids: a 262,144-row vocabulary would only add 3.5B unused parameters
         text |= {"vocab_size": ids["__vocab_size__"], "vocab_size_per_layer_input": ids["__vocab_size__"]}
@@ -77,8 +79,9 @@ def build_checkpoint(path: Path, tiny: bool, device: str, full_vocab: bool = Fal
             model = Gemma4ForConditionalGeneration(config).eval()
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config = GenerationConfig(eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
-                                               pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"])
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]], pad_token_id=ids["<pad>"], bos_token_id=ids["<bos>"]
+    )
     model.save_pretrained(path)
     n_params = sum(p.numel() for p in model.parameters())
     del model
@@ -89,8 +92,12 @@ def build_checkpoint(path: Path, tiny: bool, device: str, full_vocab: bool = Fal
 
 def write_config(workdir: Path, checkpoint: Path, cap: int, device: str) -> Path:
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config["model"] = {"name": "gemma4-e4b-random", "source": "local", "path": str(checkpoint),
-                       "dtype": "bfloat16" if device == "cuda" else "float32"}
+    config["model"] = {
+        "name": "gemma4-e4b-random",
+        "source": "local",
+        "path": str(checkpoint),
+        "dtype": "bfloat16" if device == "cuda" else "float32",
+    }
     config["refusal_tune"] = {"enabled": False}
     config["generation"] = {"max_new_tokens": cap, "batch_size": "auto", "shards": 1, "engine": "auto"}
     config["judges"] = ["strmatch"]
@@ -129,7 +136,8 @@ def answer_lengths(workdir: Path) -> dict[str, dict]:
     for csv in sorted((workdir / "results" / "answers").glob("*/*.lengths.csv")):
         table = pd.read_csv(csv)
         summary[str(csv.relative_to(workdir / "results" / "answers"))] = {
-            "answers": int(len(table)), "mean_tokens": float(table["answer_tokens"].mean()),
+            "answers": int(len(table)),
+            "mean_tokens": float(table["answer_tokens"].mean()),
             "hit_token_limit": int(table["hit_token_limit"].sum()),
         }
     return summary
@@ -143,10 +151,17 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--tiny", action="store_true", help="shrunken model (CPU smoke run of this script)")
     parser.add_argument("--cores", default="all")
-    parser.add_argument("--full-vocab", action="store_true",
-                        help="keep E4B's 262,144-token vocabulary (default: the test tokenizer's 262)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="run this config's DAG (e.g. config/gemma3.yaml) on --device instead of the random model")
+    parser.add_argument(
+        "--full-vocab",
+        action="store_true",
+        help="keep E4B's 262,144-token vocabulary (default: the test tokenizer's 262)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="run this config's DAG (e.g. config/gemma3.yaml) on --device instead of the random model",
+    )
     args = parser.parse_args(argv)
     out = args.out or args.workdir / "gpu_e2e_report"
     out.mkdir(parents=True, exist_ok=True)
@@ -167,21 +182,39 @@ def main(argv=None) -> int:
         if downloads.is_dir() and not linked.exists():
             linked.symlink_to(downloads.resolve())
         model_info = {"config": str(args.config)}
-        config = write_gpu_config(args.workdir, (REPO / args.config) if not args.config.is_absolute() else args.config,
-                                  args.device)
+        config = write_gpu_config(
+            args.workdir, (REPO / args.config) if not args.config.is_absolute() else args.config, args.device
+        )
     else:
         start = time.monotonic()
         checkpoint = args.workdir / "checkpoint"
         shutil.rmtree(checkpoint, ignore_errors=True)
         model_info = build_checkpoint(checkpoint, args.tiny, args.device, args.full_vocab)
         timings["build_and_save_checkpoint"] = time.monotonic() - start
-        print(f"checkpoint: {model_info['parameters'] / 1e9:.2f}B parameters, {model_info['dtype']}, "
-              f"saved in {timings['build_and_save_checkpoint']:.0f} s", flush=True)
+        print(
+            f"checkpoint: {model_info['parameters'] / 1e9:.2f}B parameters, {model_info['dtype']}, "
+            f"saved in {timings['build_and_save_checkpoint']:.0f} s",
+            flush=True,
+        )
         config = write_config(args.workdir, checkpoint.resolve(), args.cap, args.device)
 
-    snakemake = [sys.executable, "-m", "snakemake", "--snakefile", str(args.workdir / "Snakefile"),
-                 "--directory", str(args.workdir), "--configfile", str(config), "--cores", str(args.cores),
-                 "--resources", "gpu=1", "--printshellcmds", "--show-failed-logs"]
+    snakemake = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(args.workdir / "Snakefile"),
+        "--directory",
+        str(args.workdir),
+        "--configfile",
+        str(config),
+        "--cores",
+        str(args.cores),
+        "--resources",
+        "gpu=1",
+        "--printshellcmds",
+        "--show-failed-logs",
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.monotonic()
     with open(out / "snakemake.log", "w") as log_file:
@@ -189,9 +222,14 @@ def main(argv=None) -> int:
     timings["snakemake"] = time.monotonic() - start
 
     summary = {
-        "date": time.strftime("%Y-%m-%d"), "model": model_info, "cap": args.cap, "device": args.device,
-        "snakemake_returncode": process.returncode, "seconds": timings,
-        "rule_seconds": rule_seconds(args.workdir), "answer_lengths": answer_lengths(args.workdir),
+        "date": time.strftime("%Y-%m-%d"),
+        "model": model_info,
+        "cap": args.cap,
+        "device": args.device,
+        "snakemake_returncode": process.returncode,
+        "seconds": timings,
+        "rule_seconds": rule_seconds(args.workdir),
+        "answer_lengths": answer_lengths(args.workdir),
         "figures": sorted(str(p.relative_to(args.workdir)) for p in (args.workdir / "results").rglob("*.png")),
     }
     try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import statistics
 import subprocess
@@ -36,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -46,7 +44,9 @@ sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 from refusal_ablation import io  # noqa: E402
 from refusal_ablation.benchmark import heldout_questions, prepare_benchmark_questions, shard_indices  # noqa: E402
 from refusal_ablation.engine import (  # noqa: E402
-    _decode_attention, _invariant_decode_attention, iter_greedy,
+    _decode_attention,
+    _invariant_decode_attention,
+    iter_greedy,
 )
 from refusal_ablation.generation import generate_shard, partial_paths  # noqa: E402
 from refusal_ablation.judges.strmatch import judge_strmatch  # noqa: E402
@@ -60,15 +60,22 @@ MODES = {"fast": False, "invariant": True}
 
 def compare(got: list[list[int]], ref: list[list[int]]) -> dict:
     """Identical answers, and the median first differing token position among the others."""
-    firsts = [next((k for k, (a, b) in enumerate(zip(x, y)) if a != b), min(len(x), len(y)))
-              for x, y in zip(got, ref) if x != y]
-    return {"identical": len(got) - len(firsts), "of": len(got),
-            "median_first_difference": float(statistics.median(firsts)) if firsts else None}
+    firsts = [
+        next((k for k, (a, b) in enumerate(zip(x, y)) if a != b), min(len(x), len(y)))
+        for x, y in zip(got, ref)
+        if x != y
+    ]
+    return {
+        "identical": len(got) - len(firsts),
+        "of": len(got),
+        "median_first_difference": float(statistics.median(firsts)) if firsts else None,
+    }
 
 
 def cell(c: dict) -> str:
-    return f"{c['identical']}" + (f" ({c['median_first_difference']:g})" if c["median_first_difference"] is not None
-                                  else "")
+    return f"{c['identical']}" + (
+        f" ({c['median_first_difference']:g})" if c["median_first_difference"] is not None else ""
+    )
 
 
 def demo_texts(n: int) -> list[str]:
@@ -116,7 +123,8 @@ def causes(model, prompts, pad) -> dict:
             mask = (torch.arange(length, device=device)[None, :] < valid[:, None])[:, None, None, :]
             results[length] = fn(None, query, keys[:, :, :length], values[:, :, :length], mask)[0]
         out[f"decode_attention_{name}_key_length_256_vs"] = {
-            n: _bitwise(results[256], results[n]) for n in (512, 1024, 4096)}
+            n: _bitwise(results[256], results[n]) for n in (512, 1024, 4096)
+        }
         results_b = {}
         for batch in (1, 4):
             mask = (torch.arange(512, device=device)[None, :] < valid[:batch, None])[:, None, None, :]
@@ -126,13 +134,16 @@ def causes(model, prompts, pad) -> dict:
     with torch.inference_mode():
         for name, module in (("rmsnorm", model.model.norm), ("q_proj", attn.q_proj), ("lm_head", model.lm_head)):
             alone = module(hidden[:1])
-            out[f"{name}_row_0_with_rows"] = {m: _bitwise(alone[0], module(hidden[:m])[0])
-                                               for m in (7, 16, 64, 448)}
+            out[f"{name}_row_0_with_rows"] = {m: _bitwise(alone[0], module(hidden[:m])[0]) for m in (7, 16, 64, 448)}
         # a prefill alone vs in a left-padded batch of 8 with longer prompts: last-token logits
         batch = [prompts[0]] + sorted(prompts[1:], key=len)[-7:]
         ids, mask, positions = left_padded_batch(batch, pad)
-        together = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         position_ids=positions.to(device), logits_to_keep=1).logits[0, -1]
+        together = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=1,
+        ).logits[0, -1]
         alone = model(input_ids=torch.tensor([prompts[0]], device=device), logits_to_keep=1).logits[0, -1]
         out["prefill_alone_vs_padded_batch_of_8_last_logits"] = _bitwise(alone, together)
     return out
@@ -154,17 +165,20 @@ def table_and_invariance(model, tokenizer, texts, cap: int, report: dict, key: s
         runs, seconds = {}, {}
         for size in (1, 7, 64, "auto"):
             start = time.monotonic()
-            runs[size] = engine_answers(model, prompts, caps, stop_ids, pad, batch_size=size, engine="continuous",
-                                        batch_invariant=invariant)
+            runs[size] = engine_answers(
+                model, prompts, caps, stop_ids, pad, batch_size=size, engine="continuous", batch_invariant=invariant
+            )
             seconds[size] = time.monotonic() - start
-        three = sharded(model, prompts, caps, stop_ids, pad, 3, batch_size="auto", engine="continuous",
-                        batch_invariant=invariant)
+        three = sharded(
+            model, prompts, caps, stop_ids, pad, 3, batch_size="auto", engine="continuous", batch_invariant=invariant
+        )
         part[mode] = {
             "engine_vs_generate_one_at_a_time": compare(runs["auto"], single),
             "engine_vs_generate_batch_8": compare(runs["auto"], batch8),
             **{f"batch_{size}_vs_batch_1": compare(runs[size], runs[1]) for size in (7, 64, "auto")},
             "shards_3_vs_1": compare(three, runs["auto"]),
-            "seconds": seconds, "answer_tokens": sum(len(a) for a in runs["auto"]),
+            "seconds": seconds,
+            "answer_tokens": sum(len(a) for a in runs["auto"]),
         }
         log.info("%s %s: %s", key, mode, part[mode])
 
@@ -186,10 +200,18 @@ def resume(questions, model_dir, work: Path, generation: dict, kill_after: int) 
     killed.mkdir(parents=True, exist_ok=True)
     answers = killed / "answers.jsonl"
     partial, _ = partial_paths(answers)
-    code = ("import sys, json; sys.path.insert(0, %r); from refusal_ablation.generation import generate_shard; "
-            "generate_shard(%r, %r, %r, %r, 'baseline', 0, 1, json.loads(%r), 'auto')"
-            % (str(ROOT / "workflow/scripts"), str(questions), str(model_dir), str(answers),
-               str(killed / "lengths.csv"), json.dumps(generation)))
+    args = [
+        str(ROOT / "workflow/scripts"),
+        str(questions),
+        str(model_dir),
+        str(answers),
+        str(killed / "lengths.csv"),
+        json.dumps(generation),
+    ]
+    code = (
+        "import sys, json; sys.path.insert(0, {!r}); from refusal_ablation.generation import generate_shard; "
+        "generate_shard({!r}, {!r}, {!r}, {!r}, 'baseline', 0, 1, json.loads({!r}), 'auto')"
+    ).format(*args)
     child = subprocess.Popen([sys.executable, "-c", code], start_new_session=False)
     n_lines = 0
     while child.poll() is None:
@@ -202,10 +224,13 @@ def resume(questions, model_dir, work: Path, generation: dict, kill_after: int) 
     n_lines = len(partial.read_text().splitlines()) if partial.exists() else 0
     was_killed = child.returncode == -signal.SIGKILL
     resumed = _job(questions, model_dir, killed, generation)
-    return {"killed_midway": was_killed, "answers_before_kill": n_lines,
-            "questions": len(io.read_questions(questions)),
-            "identical_answer_file": resumed.read_bytes() == whole.read_bytes(),
-            "identical_answers": sum(a == b for a, b in zip(io.read_answers(resumed), io.read_answers(whole)))}
+    return {
+        "killed_midway": was_killed,
+        "answers_before_kill": n_lines,
+        "questions": len(io.read_questions(questions)),
+        "identical_answer_file": resumed.read_bytes() == whole.read_bytes(),
+        "identical_answers": sum(a == b for a, b in zip(io.read_answers(resumed), io.read_answers(whole))),
+    }
 
 
 def demo_judgments(model_dir, work: Path, sizes: tuple, cap: int) -> dict:
@@ -213,11 +238,15 @@ def demo_judgments(model_dir, work: Path, sizes: tuple, cap: int) -> dict:
     demo = yaml.safe_load((ROOT / "config/demo.yaml").read_text())
     split_csv = work / "split.csv"
     construction = demo["construction"]
-    run_split(ROOT / construction["path"], split_csv, construction["construction_areas"],
-              construction["prompts_per_label_per_area"], demo["seed"])
+    run_split(
+        ROOT / construction["path"],
+        split_csv,
+        construction["construction_areas"],
+        construction["prompts_per_label_per_area"],
+        demo["seed"],
+    )
     sets = {"benchmark": work / "benchmark.jsonl", "heldout": work / "heldout.jsonl"}
-    prepare_benchmark_questions({**demo["benchmark"], "path": str(ROOT / demo["benchmark"]["path"])},
-                                sets["benchmark"])
+    prepare_benchmark_questions({**demo["benchmark"], "path": str(ROOT / demo["benchmark"]["path"])}, sets["benchmark"])
     heldout_questions(split_csv, sets["heldout"])
     out: dict = {}
     for mode, invariant in MODES.items():
@@ -225,16 +254,19 @@ def demo_judgments(model_dir, work: Path, sizes: tuple, cap: int) -> dict:
             scores = []
             for size in sizes:
                 run = work / f"{mode}-{name}-batch-{size}"
-                generation = {"max_new_tokens": cap, "batch_size": size, "engine": "auto",
-                              "batch_invariant": invariant}
+                generation = {"max_new_tokens": cap, "batch_size": size, "engine": "auto", "batch_invariant": invariant}
                 answers = _job(questions, model_dir, run, generation)
                 judge_strmatch(questions, answers, "baseline", run / "judgments.csv")
                 table = io.read_judgments(run / "judgments.csv").sort_values("question_id")
                 scores.append((table["score"].tolist(), [io.answer_text(a) for a in io.read_answers(answers)]))
             (a, ta), (b, tb) = scores
-            out[f"{mode}_{name}"] = {"judgments": len(a), "differing_judgments": sum(x != y for x, y in zip(a, b)),
-                                     "differing_answers": sum(x != y for x, y in zip(ta, tb)),
-                                     "refusals": [len(a) - sum(a), len(b) - sum(b)], "batch_sizes": list(sizes)}
+            out[f"{mode}_{name}"] = {
+                "judgments": len(a),
+                "differing_judgments": sum(x != y for x, y in zip(a, b)),
+                "differing_answers": sum(x != y for x, y in zip(ta, tb)),
+                "refusals": [len(a) - sum(a), len(b) - sum(b)],
+                "batch_sizes": list(sizes),
+            }
             log.info("demo judgments %s %s: %s", mode, name, out[f"{mode}_{name}"])
     return out
 
@@ -259,10 +291,15 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     import transformers
 
-    report: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-                    "transformers": transformers.__version__, "cuda": torch.version.cuda,
-                    "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                    "prompts": args.prompts, "cap": args.cap}
+    report: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda": torch.version.cuda,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "prompts": args.prompts,
+        "cap": args.cap,
+    }
 
     def save():
         (args.out / "batch_invariance.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -283,13 +320,23 @@ def main(argv=None) -> int:
     low = checkpoints.get("bfloat16", next(iter(checkpoints.values())))
     if "resume" not in skip:
         questions = work / "questions48.jsonl"
-        io.write_jsonl(questions, [{"question_id": i, "category": "demo", "turns": [t], "prompt_style": "base"}
-                                   for i, t in enumerate(texts, start=1)])
+        io.write_jsonl(
+            questions,
+            [
+                {"question_id": i, "category": "demo", "turns": [t], "prompt_style": "base"}
+                for i, t in enumerate(texts, start=1)
+            ],
+        )
         for mode, invariant in MODES.items():
-            generation = {"max_new_tokens": args.cap, "batch_size": "auto", "engine": "auto",
-                          "batch_invariant": invariant}
-            report[f"resume_{mode}"] = resume(questions, low, work / f"resume-{mode}", generation,
-                                              kill_after=max(1, len(texts) // 4))
+            generation = {
+                "max_new_tokens": args.cap,
+                "batch_size": "auto",
+                "engine": "auto",
+                "batch_invariant": invariant,
+            }
+            report[f"resume_{mode}"] = resume(
+                questions, low, work / f"resume-{mode}", generation, kill_after=max(1, len(texts) // 4)
+            )
             log.info("resume %s: %s", mode, report[f"resume_{mode}"])
             save()
     if "demo" not in skip:
@@ -297,24 +344,36 @@ def main(argv=None) -> int:
         report["demo_judgments"] = demo_judgments(low, work / "demo", sizes, 8 if args.quick else 32)
         save()
 
-    lines = [f"{report['device']}, torch {report['torch']}, transformers {report['transformers']}; "
-             f"{args.prompts} prompts, cap {args.cap}, greedy"]
+    lines = [
+        f"{report['device']}, torch {report['torch']}, transformers {report['transformers']}; "
+        f"{args.prompts} prompts, cap {args.cap}, greedy"
+    ]
     for dtype in checkpoints:
         if dtype not in report:
             continue
         part = report[dtype]
         lines.append(f"\n{dtype}: generate batch 8 vs one at a time: {cell(part['generate_batch_8_vs_one_at_a_time'])}")
-        lines.append("| mode | engine vs generate 1-at-a-time | engine vs generate batch 8 | batch 7 / 64 / auto vs 1 "
-                     "| 3 shards vs 1 |")
+        lines.append(
+            "| mode | engine vs generate 1-at-a-time | engine vs generate batch 8 | batch 7 / 64 / auto vs 1 "
+            "| 3 shards vs 1 |"
+        )
         for mode in MODES:
             m = part[mode]
-            lines.append(f"| {mode} | {cell(m['engine_vs_generate_one_at_a_time'])} | "
-                         f"{cell(m['engine_vs_generate_batch_8'])} | {cell(m['batch_7_vs_batch_1'])} / "
-                         f"{cell(m['batch_64_vs_batch_1'])} / {cell(m['batch_auto_vs_batch_1'])} | "
-                         f"{cell(m['shards_3_vs_1'])} |")
-        lines.append("causes: " + json.dumps({k: (v["bit_identical"] if "bit_identical" in v else
-                                                  {n: x["bit_identical"] for n, x in v.items()})
-                                              for k, v in part["causes"].items()}))
+            lines.append(
+                f"| {mode} | {cell(m['engine_vs_generate_one_at_a_time'])} | "
+                f"{cell(m['engine_vs_generate_batch_8'])} | {cell(m['batch_7_vs_batch_1'])} / "
+                f"{cell(m['batch_64_vs_batch_1'])} / {cell(m['batch_auto_vs_batch_1'])} | "
+                f"{cell(m['shards_3_vs_1'])} |"
+            )
+        lines.append(
+            "causes: "
+            + json.dumps(
+                {
+                    k: (v["bit_identical"] if "bit_identical" in v else {n: x["bit_identical"] for n, x in v.items()})
+                    for k, v in part["causes"].items()
+                }
+            )
+        )
     for mode in MODES:
         if f"resume_{mode}" in report:
             lines.append(f"resume {mode}: {report[f'resume_{mode}']}")

@@ -150,7 +150,9 @@ def measure_checkpoint(args) -> pd.DataFrame:
         return {key: (along / n, norm / n) for key, (along, norm, n) in totals.items()}
 
     base = capture()
-    print(f"baseline captured ({len(encoded)} prompts, {time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+    print(
+        f"baseline captured ({len(encoded)} prompts, {time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True
+    )
     rows = []
     for method in ("reference", "norm_aware"):
         with torch.no_grad():
@@ -162,16 +164,43 @@ def measure_checkpoint(args) -> pd.DataFrame:
         for (layer, kind), (before, norm) in base.items():
             writer = next(w for w in structure.writers[layer] if w.kind == kind)
             scale = norm_scale(writer.norm, hidden) if writer.norm is not None else torch.ones(hidden)
-            rows.append(("checkpoint", method, "write", layer, kind, before, edited[(layer, kind)][0],
-                         edited[(layer, kind)][0] / before, norm, float(scale.std() / scale.mean().abs())))
+            rows.append(
+                (
+                    "checkpoint",
+                    method,
+                    "write",
+                    layer,
+                    kind,
+                    before,
+                    edited[(layer, kind)][0],
+                    edited[(layer, kind)][0] / before,
+                    norm,
+                    float(scale.std() / scale.mean().abs()),
+                )
+            )
         print(f"{method}: done after {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    return pd.DataFrame(rows, columns=["norm_weights", "method", "measure", "layer", "path", "baseline", "edited",
-                                       "ratio", "baseline_mean_norm", "post_norm_scale_cv"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "norm_weights",
+            "method",
+            "measure",
+            "layer",
+            "path",
+            "baseline",
+            "edited",
+            "ratio",
+            "baseline_mean_norm",
+            "post_norm_scale_cv",
+        ],
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=None, help="measure this checkpoint (needs --directions, --split)")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="measure this checkpoint (needs --directions, --split)"
+    )
     parser.add_argument("--directions", type=Path, default=None)
     parser.add_argument("--split", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)

@@ -1,8 +1,8 @@
 import tempfile
 from pathlib import Path
 
-from refusal_ablation.judges.official import judge_official
 from refusal_ablation.gpus import allocate_gpus
+from refusal_ablation.judges.official import judge_official
 from refusal_ablation.runtime import job_logging
 
 # Answer files and judgment tables are named by condition: results/.../<condition>.{jsonl,csv}

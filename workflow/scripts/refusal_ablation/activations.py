@@ -22,7 +22,6 @@ from .split import read_split
 log = logging.getLogger(__name__)
 
 
-
 def extract_last_token_states(
     model, tokenizer, prompts: list[str], batch_size: int, share_prefix: bool = True
 ) -> np.ndarray:
@@ -49,21 +48,25 @@ def extract_last_token_states(
     shared = SharedPrefix(model, encoded[0][:n_shared]) if n_shared else None
     if shared is not None:
         log.info("the first %d tokens of every prompt are shared: computed once", n_shared)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with torch.inference_mode():
         for batch in tqdm(batches, desc="activations", unit="batch", file=sys.stderr):
             if shared is None:
-                input_ids, attention, positions = left_padded_batch(
-                    [encoded[i] for i in batch], tokenizer.pad_token_id
-                )
+                input_ids, attention, positions = left_padded_batch([encoded[i] for i in batch], tokenizer.pad_token_id)
                 cache = {"use_cache": False}
             else:
                 input_ids, attention, positions = shared.batch(
                     [encoded[i][n_shared:] for i in batch], tokenizer.pad_token_id
                 )
                 cache = {"use_cache": True, "past_key_values": shared.cache_for(len(batch))}
-            out = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                        position_ids=positions.to(device), output_hidden_states=True, **cache, **extra)
+            out = model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                position_ids=positions.to(device),
+                output_hidden_states=True,
+                **cache,
+                **extra,
+            )
             # left padding puts every prompt's last token in the last column
             last = torch.stack([h[:, -1, :] for h in out.hidden_states[1:]], dim=1)
             last = last.float().cpu().numpy()
@@ -76,8 +79,9 @@ def extract_last_token_states(
     return result
 
 
-def run_activations(split_csv, model_dir, out_npz, batch_size: int, device: str = "auto",
-                    threads: int | None = None) -> None:
+def run_activations(
+    split_csv, model_dir, out_npz, batch_size: int, device: str = "auto", threads: int | None = None
+) -> None:
     """Activations of every prompt in the split file, saved keyed by prompt id."""
     frame = read_split(split_csv)
     model, tokenizer = load_model(model_dir, device=device, threads=threads)

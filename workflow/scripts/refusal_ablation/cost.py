@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -63,8 +63,9 @@ def bootstrap_interval(values: Sequence[float], statistic, alpha: float, resampl
     return (float(low), float(high))
 
 
-def category_bootstrap_mean(categories: Sequence[str], values: Sequence[float], alpha: float, resamples: int,
-                            seed: int) -> tuple[float, float]:
+def category_bootstrap_mean(
+    categories: Sequence[str], values: Sequence[float], alpha: float, resamples: int, seed: int
+) -> tuple[float, float]:
     """Percentile interval of the mean, resampling whole categories (prompts of one policy area
     or XSTest type are not independent); nan below 2 categories."""
     frame = pd.DataFrame({"category": list(map(str, categories)), "value": np.asarray(values, dtype=float)})
@@ -93,7 +94,8 @@ def kl_summary(tables: Sequence[pd.DataFrame], alpha: float, resamples: int, see
                 median_low, median_high = bootstrap_interval(values, np.median, alpha, resamples, seed)
                 cluster_low, cluster_high = (
                     category_bootstrap_mean(part["category"], values, alpha, resamples, seed)
-                    if group == "all" else (math.nan, math.nan)
+                    if group == "all"
+                    else (math.nan, math.nan)
                 )
                 rows.append(
                     {
@@ -134,8 +136,12 @@ def plot_kl_ecdf(tables: Sequence[pd.DataFrame], png: str | os.PathLike, title: 
         for table in tables:
             values = np.sort(table[measure].to_numpy())
             shown = np.maximum(values, 1e-12)
-            ax.step(shown, np.arange(1, len(values) + 1) / len(values), where="post",
-                    label=f"{table['promptset'].iloc[0]} (n = {len(values)})")
+            ax.step(
+                shown,
+                np.arange(1, len(values) + 1) / len(values),
+                where="post",
+                label=f"{table['promptset'].iloc[0]} (n = {len(values)})",
+            )
         if all((t[measure] > 0).any() for t in tables):
             ax.set_xscale("log")
         ax.set_xlabel(f"KL(baseline || edited), nats: {label}")
@@ -186,8 +192,20 @@ def kl_comparisons(tables: Mapping[str, Sequence[pd.DataFrame]], alpha: float, r
                 )
     return pd.DataFrame(
         rows,
-        columns=["promptset", "condition_a", "condition_b", "measure", "n_prompts", "mean_a", "mean_b",
-                 "mean_difference", "ci_low", "ci_high", "b_larger", "method"],
+        columns=[
+            "promptset",
+            "condition_a",
+            "condition_b",
+            "measure",
+            "n_prompts",
+            "mean_a",
+            "mean_b",
+            "mean_difference",
+            "ci_low",
+            "ci_high",
+            "b_larger",
+            "method",
+        ],
     )
 
 
@@ -198,8 +216,14 @@ def write_kl_summary(kl_csvs, summary_csv, ecdf_png, edit: str, alpha: float, re
     write_csv(summary_csv, frame)
     plot_kl_ecdf(tables, ecdf_png, f"Per-prompt KL(baseline || edited), {edit} edit")
     for row in frame[(frame["category"] == "all") & (frame["measure"] == "kl_answer_mean")].itertuples():
-        log.info("%s: mean answer KL %.4g nats (%.4g to %.4g) over %d prompts", row.promptset, row.mean,
-                 row.mean_ci_low, row.mean_ci_high, row.n_prompts)
+        log.info(
+            "%s: mean answer KL %.4g nats (%.4g to %.4g) over %d prompts",
+            row.promptset,
+            row.mean,
+            row.mean_ci_low,
+            row.mean_ci_high,
+            row.n_prompts,
+        )
     return frame
 
 
@@ -277,8 +301,9 @@ def condition_pairs(conditions: Sequence[str]) -> list[tuple[str, str]]:
     return pairs + list(itertools.combinations(edits, 2))
 
 
-def comparison_table(wide: pd.DataFrame, conditions: Sequence[str], alpha: float,
-                     labels: Mapping[int, str] | None = None) -> pd.DataFrame:
+def comparison_table(
+    wide: pd.DataFrame, conditions: Sequence[str], alpha: float, labels: Mapping[int, str] | None = None
+) -> pd.DataFrame:
     """Paired refusal comparison of every pair of conditions, over all prompts and per label."""
     subsets = [("all", wide)]
     if labels is not None:
@@ -288,8 +313,15 @@ def comparison_table(wide: pd.DataFrame, conditions: Sequence[str], alpha: float
     method = f"paired by prompt; change = refusal rate of b - of a, paired Wald {_level(alpha)}; p: exact McNemar"
     for subset, part in subsets:
         for a, b in condition_pairs(conditions):
-            rows.append({"subset": subset, "condition_a": a, "condition_b": b,
-                         **compare_pair(part[a], part[b], alpha), "method": method})
+            rows.append(
+                {
+                    "subset": subset,
+                    "condition_a": a,
+                    "condition_b": b,
+                    **compare_pair(part[a], part[b], alpha),
+                    "method": method,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -298,20 +330,30 @@ def write_comparisons(judgment_csvs, questions_jsonl, out_csv, alpha: float) -> 
     wide, questions = read_condition_judgments(judgment_csvs, questions_jsonl)
     conditions = [c for c in wide.columns if c != "question_id"]
     has_labels = all(q.get("label") in LABELS for q in questions)
-    frame = comparison_table(wide, conditions, alpha, question_labels(questions, questions_jsonl) if has_labels else None)
+    frame = comparison_table(
+        wide, conditions, alpha, question_labels(questions, questions_jsonl) if has_labels else None
+    )
     write_csv(out_csv, frame)
     for row in frame.itertuples():
-        log.info("%s, %s vs %s: refusal %s -> %s (%s points, McNemar p %s)", row.subset, row.condition_a,
-                 row.condition_b, _pct(row.refusal_rate_a), _pct(row.refusal_rate_b), _points(row.refusal_change),
-                 _p(row.mcnemar_p))
+        log.info(
+            "%s, %s vs %s: refusal %s -> %s (%s points, McNemar p %s)",
+            row.subset,
+            row.condition_a,
+            row.condition_b,
+            _pct(row.refusal_rate_a),
+            _pct(row.refusal_rate_b),
+            _points(row.refusal_change),
+            _p(row.mcnemar_p),
+        )
     return frame
 
 
 # ---------------------------------------------------------------- XSTest
 
 
-def xstest_refusal(wide: pd.DataFrame, questions: list[dict], conditions: Sequence[str], alpha: float,
-                   source) -> tuple[pd.DataFrame, pd.DataFrame]:
+def xstest_refusal(
+    wide: pd.DataFrame, questions: list[dict], conditions: Sequence[str], alpha: float, source
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Refusal rates per condition on XSTest's safe prompts (over-refusal) and unsafe contrasts,
     with Wilson intervals; and per XSTest type with the paired change against the baseline."""
     labels = question_labels(questions, source)
@@ -326,19 +368,21 @@ def xstest_refusal(wide: pd.DataFrame, questions: list[dict], conditions: Sequen
             judged = int(scores.notna().sum())
             refused = int((scores == 0).sum())
             low, high = wilson_interval(refused, judged, alpha)
-            rows.append({
-                "label": label,
-                "estimate": "over_refusal_rate" if label == "safe" else "refusal_rate",
-                "condition": condition,
-                "refusals": refused,
-                "n": judged,
-                "n_missing": int(scores.isna().sum()),
-                "value": refused / judged if judged else math.nan,
-                "ci_low": low,
-                "ci_high": high,
-                "method": f"Wilson score {level}; unparsable judgments excluded; refusal = score 0 (on safe "
-                "prompts the official judge's score is read as compliance)",
-            })
+            rows.append(
+                {
+                    "label": label,
+                    "estimate": "over_refusal_rate" if label == "safe" else "refusal_rate",
+                    "condition": condition,
+                    "refusals": refused,
+                    "n": judged,
+                    "n_missing": int(scores.isna().sum()),
+                    "value": refused / judged if judged else math.nan,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "method": f"Wilson score {level}; unparsable judgments excluded; refusal = score 0 (on safe "
+                    "prompts the official judge's score is read as compliance)",
+                }
+            )
     rates = pd.DataFrame(rows)
     type_rows = []
     for (kind, label), part in wide.groupby(["type", "label"], sort=True):
@@ -347,8 +391,16 @@ def xstest_refusal(wide: pd.DataFrame, questions: list[dict], conditions: Sequen
             judged = int(scores.notna().sum())
             refused = int((scores == 0).sum())
             low, high = wilson_interval(refused, judged, alpha)
-            row = {"type": kind, "label": label, "condition": condition, "refusals": refused, "n": judged,
-                   "refusal_rate": refused / judged if judged else math.nan, "ci_low": low, "ci_high": high}
+            row = {
+                "type": kind,
+                "label": label,
+                "condition": condition,
+                "refusals": refused,
+                "n": judged,
+                "refusal_rate": refused / judged if judged else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+            }
             if condition != CONDITION_BASELINE and CONDITION_BASELINE in conditions:
                 compared = compare_pair(part[CONDITION_BASELINE], part[condition], alpha)
                 row.update(change_vs_baseline=compared["refusal_change"], mcnemar_p=compared["mcnemar_p"])
@@ -438,8 +490,11 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
 
     from .io import atomic_path
 
-    promptsets = [c.removeprefix("kl_answer_mean_") for c in table.columns
-                  if c.startswith("kl_answer_mean_") and not c.endswith(("_ci_low", "_ci_high"))]
+    promptsets = [
+        c.removeprefix("kl_answer_mean_")
+        for c in table.columns
+        if c.startswith("kl_answer_mean_") and not c.endswith(("_ci_low", "_ci_high"))
+    ]
     panels = [("benchmark", "refusal change on the benchmark (points)")]
     if "xstest_safe_refusal_change" in table.columns:
         panels.append(("xstest_safe", "over-refusal change on XSTest safe prompts (points)"))
@@ -454,11 +509,20 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
             yerr = [[y - 100 * values[f"{key}_ci_low"]], [100 * values[f"{key}_ci_high"] - y]]
             for s, promptset in enumerate(promptsets):
                 x = values[f"kl_answer_mean_{promptset}"]
-                xerr = [[x - values[f"kl_answer_mean_{promptset}_ci_low"]],
-                        [values[f"kl_answer_mean_{promptset}_ci_high"] - x]]
-                ax.errorbar(x, y, xerr=np.nan_to_num(xerr), yerr=np.nan_to_num(yerr), fmt=markers[s % len(markers)],
-                            color=colours[e % len(colours)], capsize=3,
-                            label=f"{row.edit}, KL on {promptset}")
+                xerr = [
+                    [x - values[f"kl_answer_mean_{promptset}_ci_low"]],
+                    [values[f"kl_answer_mean_{promptset}_ci_high"] - x],
+                ]
+                ax.errorbar(
+                    x,
+                    y,
+                    xerr=np.nan_to_num(xerr),
+                    yerr=np.nan_to_num(yerr),
+                    fmt=markers[s % len(markers)],
+                    color=colours[e % len(colours)],
+                    capsize=3,
+                    label=f"{row.edit}, KL on {promptset}",
+                )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("mean KL(baseline || edited) along the baseline's answers, nats")
         ax.set_ylabel(label)
@@ -471,8 +535,14 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
     plt.close(fig)
 
 
-def write_tradeoff(paired_csvs: Mapping[str, str], kl_summary_csvs: Mapping[str, str], xstest_comparison_csv,
-                   out_csv, out_png, judge: str) -> pd.DataFrame:
+def write_tradeoff(
+    paired_csvs: Mapping[str, str],
+    kl_summary_csvs: Mapping[str, str],
+    xstest_comparison_csv,
+    out_csv,
+    out_png,
+    judge: str,
+) -> pd.DataFrame:
     """The ``tradeoff`` rule: one table and one figure per judge, every edit."""
     paired = {edit: pd.read_csv(path) for edit, path in paired_csvs.items()}
     summaries = {edit: pd.read_csv(path, dtype={"category": str}) for edit, path in kl_summary_csvs.items()}
@@ -486,8 +556,13 @@ def write_tradeoff(paired_csvs: Mapping[str, str], kl_summary_csvs: Mapping[str,
 # ---------------------------------------------------------------- plain words
 
 
-def cost_sentences(kl_summary_frame: pd.DataFrame | None, xstest_comparisons: pd.DataFrame | None,
-                   edited_condition: str, alpha: float, judge_is_official: bool) -> list[str]:
+def cost_sentences(
+    kl_summary_frame: pd.DataFrame | None,
+    xstest_comparisons: pd.DataFrame | None,
+    edited_condition: str,
+    alpha: float,
+    judge_is_official: bool,
+) -> list[str]:
     """The cost of one edit in plain sentences, for summary.md."""
     sentences = []
     level = _level(alpha)
@@ -499,12 +574,14 @@ def cost_sentences(kl_summary_frame: pd.DataFrame | None, xstest_comparisons: pd
             first = part[part["measure"] == "kl_first"].iloc[0]
             parts.append(
                 f"on {int(answer['n_prompts'])} {promptset} safe prompts, mean {answer['mean']:.3g} nats per token "
-                f"along the baseline's own answers ({level} {answer['mean_ci_low']:.3g} to {answer['mean_ci_high']:.3g}; "
+                f"along the baseline's own answers "
+                f"({level} {answer['mean_ci_low']:.3g} to {answer['mean_ci_high']:.3g}; "
                 f"median {answer['median']:.3g}) and {first['mean']:.3g} nats at the first answer token "
                 f"({first['mean_ci_low']:.3g} to {first['mean_ci_high']:.3g})"
             )
         sentences.append(
-            "Cost on harmless prompts, KL(baseline || edited) of the next-token distributions: " + "; ".join(parts)
+            "Cost on harmless prompts, KL(baseline || edited) of the next-token distributions: "
+            + "; ".join(parts)
             + ". 0 means the edited model predicts exactly as the baseline does."
         )
     if xstest_comparisons is not None:
@@ -521,11 +598,16 @@ def cost_sentences(kl_summary_frame: pd.DataFrame | None, xstest_comparisons: pd
             texts.append(
                 f"on its {int(r['n_pairs'])} {name} refusal went from {_pct(r['refusal_rate_a'])} to "
                 f"{_pct(r['refusal_rate_b'])} ({'+' if r['refusal_change'] > 0 else ''}{_points(r['refusal_change'])} "
-                f"points, {level} {_points(r['ci_low'])} to {_points(r['ci_high'])}; exact McNemar p = {_p(r['mcnemar_p'])})"
+                f"points, {level} {_points(r['ci_low'])} to {_points(r['ci_high'])}; "
+                f"exact McNemar p = {_p(r['mcnemar_p'])})"
             )
         if texts:
-            note = (" On safe prompts the official judge's score (does the answer fulfil the request?) is read as "
-                    "compliance." if judge_is_official else "")
+            note = (
+                " On safe prompts the official judge's score (does the answer fulfil the request?) is read as "
+                "compliance."
+                if judge_is_official
+                else ""
+            )
             sentences.append("XSTest: " + "; ".join(texts) + "." + note)
     return sentences
 
@@ -537,8 +619,9 @@ def xstest_baseline_comparison(baseline_csv, edited_csv, questions_jsonl, alpha:
     return comparison_table(wide, conditions, alpha, question_labels(questions, questions_jsonl))
 
 
-def cost_sentences_from_files(kl_summary_csv, xstest_judgments, edited_condition: str, alpha: float,
-                              judge: str) -> list[str]:
+def cost_sentences_from_files(
+    kl_summary_csv, xstest_judgments, edited_condition: str, alpha: float, judge: str
+) -> list[str]:
     """``cost_sentences`` from one edit's cost outputs; none where the cost is not measured.
 
     ``xstest_judgments`` is (baseline judgments, edited judgments, XSTest questions) or None:

@@ -13,11 +13,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from refusal_ablation.directions import GENERALIZATION_COLUMNS, load_directions  # noqa: E402
 from refusal_ablation.io import InputError, atomic_path, load_activations  # noqa: E402
@@ -256,7 +256,9 @@ def run_direction_figures(
 def plot_direction_selection(selection_csv: str | os.PathLike, out_png: str | os.PathLike, kl_threshold: float) -> None:
     """Refusal score and harmless KL per candidate layer of the arditi selection, the choice marked."""
     frame = pd.read_csv(selection_csv)
-    missing = {"layer", "refusal_score", "baseline_refusal_score", "kl_harmless", "passes_depth", "selected"} - set(frame)
+    missing = {"layer", "refusal_score", "baseline_refusal_score", "kl_harmless", "passes_depth", "selected"} - set(
+        frame
+    )
     if missing:
         raise InputError(f"{selection_csv}: missing column(s) {sorted(missing)}")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
@@ -264,12 +266,16 @@ def plot_direction_selection(selection_csv: str | os.PathLike, out_png: str | os
     chosen = frame[frame["selected"].astype(bool)]
     top.plot(scored["layer"], scored["refusal_score"], marker="o", ms=3, color=PALETTE[3], label="direction ablated")
     top.axhline(frame["baseline_refusal_score"].iloc[0], color="grey", ls="--", label="no ablation")
-    top.scatter(chosen["layer"], chosen["refusal_score"], s=110, facecolors="none", edgecolors="black", label="selected")
+    top.scatter(
+        chosen["layer"], chosen["refusal_score"], s=110, facecolors="none", edgecolors="black", label="selected"
+    )
     top.set_ylabel("refusal score, held-out\nunsafe prompts (log-odds)")
     top.legend(fontsize=8)
     bottom.semilogy(scored["layer"], scored["kl_harmless"].clip(lower=1e-8), marker="o", ms=3, color=PALETTE[0])
     bottom.axhline(kl_threshold, color="grey", ls="--", label=f"KL filter {kl_threshold:g}")
-    bottom.scatter(chosen["layer"], chosen["kl_harmless"].clip(lower=1e-8), s=110, facecolors="none", edgecolors="black")
+    bottom.scatter(
+        chosen["layer"], chosen["kl_harmless"].clip(lower=1e-8), s=110, facecolors="none", edgecolors="black"
+    )
     bottom.set_ylabel("first-token KL, held-out\nsafe prompts")
     bottom.set_xlabel("layer of the candidate direction (last layers excluded by the depth filter)")
     bottom.legend(fontsize=8)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -381,9 +381,7 @@ def run_fit(
 
     construction = (split["split"] == CONSTRUCTION).to_numpy()
     construction_areas = sorted(set(areas[construction].tolist()))
-    log.info(
-        "fitting on %d construction prompts from areas: %s", construction.sum(), ", ".join(construction_areas)
-    )
+    log.info("fitting on %d construction prompts from areas: %s", construction.sum(), ", ".join(construction_areas))
     directions, safe_mean, unsafe_mean = fit_refusal_directions(states[construction], labels[construction])
     report = fit_report(
         states[construction],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 
@@ -147,7 +147,9 @@ def dose_response_tables(
     for (method, layers, components), group in table.groupby(["method", "layers", "components"], sort=False):
         group = group.sort_values("scale")
         for (_, weaker), (_, stronger) in zip(group.iloc[:-1].iterrows(), group.iloc[1:].iterrows()):
-            n, to_compliance, to_refusal = _paired(scores[weaker["edit"]], scores[stronger["edit"]], "adjacent variants")
+            n, to_compliance, to_refusal = _paired(
+                scores[weaker["edit"]], scores[stronger["edit"]], "adjacent variants"
+            )
             both = pd.concat([scores[weaker["edit"]], scores[stronger["edit"]]], axis=1, keys=["w", "s"]).dropna()
             diff, low, high = paired_wald_interval(to_compliance, to_refusal, n, alpha)
             adjacent.append(
@@ -177,23 +179,35 @@ def _panels(table: pd.DataFrame) -> list[tuple[str, str, str | None, str | None]
     panels = [("refusal_rate", "refusal rate on the benchmark\n(95% Wilson)", "refusal_ci_low", "refusal_ci_high")]
     if table["layer_writes_ratio_median"].notna().any():
         panels.append(
-            ("layer_writes_ratio_median", "component along d left in layer\nwrites (median, edited/baseline)", None, None)
+            (
+                "layer_writes_ratio_median",
+                "component along d left in layer\nwrites (median, edited/baseline)",
+                None,
+                None,
+            )
         )
     if "xstest_safe_refusal_change" in table:
         panels.append(
-            ("xstest_safe_refusal_change", "over-refusal change on XSTest\nsafe prompts (paired Wald)", "xstest_safe_ci_low", "xstest_safe_ci_high")
+            (
+                "xstest_safe_refusal_change",
+                "over-refusal change on XSTest\nsafe prompts (paired Wald)",
+                "xstest_safe_ci_low",
+                "xstest_safe_ci_high",
+            )
         )
     for column in table.columns:
         if column.startswith("kl_answer_mean_") and not column.endswith(("_ci_low", "_ci_high")):
             promptset = column.removeprefix("kl_answer_mean_")
-            panels.append((column, f"mean answer KL, {promptset}\n(95% bootstrap)", f"{column}_ci_low", f"{column}_ci_high"))
+            panels.append(
+                (column, f"mean answer KL, {promptset}\n(95% bootstrap)", f"{column}_ci_low", f"{column}_ci_high")
+            )
     return panels
 
 
 def plot_dose_response(table: pd.DataFrame, baseline_rate: float, out_paths, title: str) -> None:
-    from .figures import EDITED_COLOURS, save_figure
-
     import matplotlib.pyplot as plt
+
+    from .figures import EDITED_COLOURS, save_figure
 
     panels = _panels(table)
     columns = min(len(panels), 3)
@@ -215,7 +229,7 @@ def plot_dose_response(table: pd.DataFrame, baseline_rate: float, out_paths, tit
             ax.errorbar(group["scale"], group[column], yerr=errors, marker="o", capsize=3, color=colour, label=name)
         ax.set_xlabel("edit scale s  (W - s d d^T W)")
         ax.set_ylabel(label)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     axes[0, 0].legend(fontsize=8)
     fig.suptitle(title)
@@ -243,5 +257,11 @@ def write_dose_response(
     baseline = _scores(baseline_judgments, CONDITION_BASELINE).dropna()
     plot_dose_response(table, float((baseline == 0).mean()), figure_paths, title)
     for row in table.itertuples():
-        log.info("%s: refusal %.3f (change %+.3f, McNemar p %.3g)", row.edit, row.refusal_rate, row.change_vs_baseline, row.mcnemar_p_vs_baseline)
+        log.info(
+            "%s: refusal %.3f (change %+.3f, McNemar p %.3g)",
+            row.edit,
+            row.refusal_rate,
+            row.change_vs_baseline,
+            row.mcnemar_p_vs_baseline,
+        )
     return table

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from refusal_ablation.architecture import REFERENCE_KINDS, norm_scale, residual_writers
+from refusal_ablation.architecture import norm_scale, residual_writers
 from refusal_ablation.io import InputError, atomic_dir
 from refusal_ablation.variants import METHOD_COMPONENTS, selected_layers
 
@@ -198,11 +198,14 @@ def plan_edit(
                     raise EditError(f"{writer.norm_name}: scale is zero wherever the direction is not")
                 d = _unit(scaled)
             plan.append(
-                PlannedEdit(f"{writer.name}.weight", writer.linear.weight, d, keep_norms, layer=writer.layer, scale=scale)
+                PlannedEdit(
+                    f"{writer.name}.weight", writer.linear.weight, d, keep_norms, layer=writer.layer, scale=scale
+                )
             )
     if not plan:
         raise EditError(
-            f"{method} edit with components {sorted(wanted)} on layers {layers!r} selects no weight matrix of this model"
+            f"{method} edit with components {sorted(wanted)} on layers {layers!r} "
+            "selects no weight matrix of this model"
         )
     return plan
 
@@ -245,7 +248,8 @@ def check_edit(plan: list[PlannedEdit], original_norms: dict[str, torch.Tensor])
         if along[worst] > bound[worst]:
             problems.append(
                 f"{item.name}: column {worst} keeps a component {along[worst]:.3g} along the edit "
-                f"direction beyond the {float(expected[worst]):.3g} the edit leaves (column norm {norms[worst]:.3g}, allowed {bound[worst]:.3g})"
+                f"direction beyond the {float(expected[worst]):.3g} the edit leaves "
+                f"(column norm {norms[worst]:.3g}, allowed {bound[worst]:.3g})"
             )
         if item.restore_norms:
             before = original_norms[item.name].to(norms.device)
@@ -380,7 +384,9 @@ def edit_checkpoint(
 
         log.info("reloading the saved checkpoint to check the edit")
         reloaded = load_checkpoint(tmp_dir)
-        reloaded_plan = plan_edit(reloaded, directions, method, restore_norms, arditi_layer, str(directions_npz), **variant)
+        reloaded_plan = plan_edit(
+            reloaded, directions, method, restore_norms, arditi_layer, str(directions_npz), **variant
+        )
         for item in reloaded_plan:
             item.original_along = original_along[item.name]
         check_edit(reloaded_plan, original_norms)

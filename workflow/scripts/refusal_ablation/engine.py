@@ -39,8 +39,8 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -112,9 +112,7 @@ def iter_greedy(
     compiled norms off, and the ``"generate"`` engine then decodes one prompt at a time.
     """
     if len(prompts) != len(max_new_tokens):
-        raise ValueError(
-            f"iter_greedy: {len(prompts)} prompts but {len(max_new_tokens)} max_new_tokens values"
-        )
+        raise ValueError(f"iter_greedy: {len(prompts)} prompts but {len(max_new_tokens)} max_new_tokens values")
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"iter_greedy: prompt {i} has no tokens")
@@ -145,7 +143,15 @@ def iter_greedy(
         yield from _iter_generate(model, prompts, caps, stop_ids, pad_token_id, size)
         return
     decoder = _SlotDecoder(
-        model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix, fuse_norms,
+        model,
+        prompts,
+        caps,
+        stop_ids,
+        pad_token_id,
+        batch_size,
+        cuda_graphs,
+        share_prefix,
+        fuse_norms,
         batch_invariant=batch_invariant,
     )
     with _exact_cublas_reductions(batch_invariant and decoder.device.type == "cuda"):
@@ -238,8 +244,9 @@ def _decode_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     return out.reshape(batch, 1, n_heads, value.shape[-1]), None
 
 
-def _invariant_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None,
-                                **kwargs):
+def _invariant_decode_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs
+):
     """``_decode_attention`` whose result for a row does not depend on the key-buffer length.
 
     Keys are taken in chunks of ``INVARIANT_CHUNK`` (a buffer of another length, a sliding
@@ -410,7 +417,7 @@ class _SlotCache(Cache):
                 else:
                     columns = torch.arange(stored - min(n_tokens, stored), stored)
                 if window is not None:
-                    columns = columns[-min(len(columns), window):]
+                    columns = columns[-min(len(columns), window) :]
                 keep = len(columns)
                 columns = columns.to(device)
                 src_k = layer.keys[row].index_select(1, columns)
@@ -427,8 +434,19 @@ class _SlotCache(Cache):
 class _SlotDecoder:
     """Continuous-batching greedy decoder over a fixed number of slots (see the module docstring)."""
 
-    def __init__(self, model, prompts, caps, stop_ids, pad_token_id, batch_size, cuda_graphs, share_prefix=True,
-                 fuse_norms=None, batch_invariant=False):
+    def __init__(
+        self,
+        model,
+        prompts,
+        caps,
+        stop_ids,
+        pad_token_id,
+        batch_size,
+        cuda_graphs,
+        share_prefix=True,
+        fuse_norms=None,
+        batch_invariant=False,
+    ):
         self.model, self.prompts, self.caps = model, prompts, caps
         self.stop_ids, self.pad = stop_ids, int(pad_token_id)
         self.device = next(model.parameters()).device
@@ -455,8 +473,10 @@ class _SlotDecoder:
         with torch.inference_mode():
             layouts = self._cache_layouts()
         per_slot = sum(
-            n_kv * (self.max_len if w is None else w if self.invariant else min(w, self.max_len))
-            * (kd + vd) * dtype.itemsize
+            n_kv
+            * (self.max_len if w is None else w if self.invariant else min(w, self.max_len))
+            * (kd + vd)
+            * dtype.itemsize
             for n_kv, kd, vd, dtype, w in layouts.values()
         )
         self.slots = self._slot_count(batch_size, per_slot, len(prompts))
@@ -465,7 +485,11 @@ class _SlotDecoder:
         self.cache = _SlotCache(layouts, rows, self.max_len, self.device, full_rings=self.invariant)
         log.info(
             "continuous engine: %d prompts, %d slots, %.1f MiB cache per slot, %d positions, cuda graphs %s, %s",
-            len(prompts), self.slots, per_slot / 2**20, self.max_len, "on" if self.use_graphs else "off",
+            len(prompts),
+            self.slots,
+            per_slot / 2**20,
+            self.max_len,
+            "on" if self.use_graphs else "off",
             "batch-invariant" if self.invariant else "fast (not batch-invariant)",
         )
         self.batch_buckets = _batch_buckets(self.slots, INVARIANT_MIN_BATCH if self.invariant else 1)
@@ -518,7 +542,10 @@ class _SlotDecoder:
         slots = int(min(n_prompts, fit, 1024))
         log.info(
             "batch size %d from %.1f GiB free (%.1f MiB per slot, %.1f GiB reserved)",
-            slots, free / 2**30, per_slot_total / 2**20, reserve / 2**30,
+            slots,
+            free / 2**30,
+            per_slot_total / 2**20,
+            reserve / 2**30,
         )
         return slots
 
@@ -643,8 +670,9 @@ class _SlotDecoder:
         while self.pending or self.slot_prompt:
             free = self.slots - len(self.slot_prompt)
             with torch.inference_mode():
-                if self.pending and (free >= max(1, self.slots // 8) or not self.slot_prompt
-                                     or len(self.pending) <= free):
+                if self.pending and (
+                    free >= max(1, self.slots // 8) or not self.slot_prompt or len(self.pending) <= free
+                ):
                     done = self._admit([self.pending.popleft() for _ in range(min(free, len(self.pending)))])
                 else:
                     done = self._decode_step()
@@ -654,7 +682,11 @@ class _SlotDecoder:
         log.info(
             "continuous engine: %d tokens in %d decode steps (%.1f s) after %.1f s of prefill; "
             "%d graphs captured in %.1f s of that",
-            self.generated, self.steps, self.decode_seconds, self.prefill_seconds, len(self.graphs),
+            self.generated,
+            self.steps,
+            self.decode_seconds,
+            self.prefill_seconds,
+            len(self.graphs),
             self.capture_seconds,
         )
 

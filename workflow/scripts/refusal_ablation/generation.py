@@ -27,6 +27,7 @@ from .modeling import context_window, encode_chat, load_model, model_identity, r
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class ShardSummary:
     n_questions: int  # questions in this shard
@@ -57,8 +58,9 @@ def batch_invariant_mode(value, device: str) -> bool:
     raise io.InputError(f"config generation.batch_invariant must be true, false or 'auto', got {value!r}")
 
 
-def resume_meta(model_dir, questions: list[dict], condition: str, max_new_tokens: int,
-                batch_invariant: bool | None = None) -> dict:
+def resume_meta(
+    model_dir, questions: list[dict], condition: str, max_new_tokens: int, batch_invariant: bool | None = None
+) -> dict:
     """What must be unchanged for half-finished answers to be reused.
 
     ``batch_invariant`` (when given) is recorded too: answers of the two modes are not mixed.
@@ -98,7 +100,10 @@ def load_partial(out_answers, meta: dict) -> dict[int, dict]:
         _move_aside([partial], f"has no {meta_path.name}, so what it was generated with is unknown")
         return {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _move_aside([partial, meta_path], f"{meta_path.name} is unreadable ({type(exc).__name__}), so the answers cannot be matched to this run")
+        _move_aside(
+            [partial, meta_path],
+            f"{meta_path.name} is unreadable ({type(exc).__name__}), so the answers cannot be matched to this run",
+        )
         return {}
     if not isinstance(old_meta, dict) or not set(meta) <= set(old_meta):
         _move_aside([partial, meta_path], f"{meta_path.name} does not hold the expected fields {sorted(meta)}")
@@ -116,8 +121,11 @@ def load_partial(out_answers, meta: dict) -> dict[int, dict]:
         try:
             record = json.loads(line)
             qid = int(record["question_id"])
-            entry = {"text": str(record["text"]), "answer_tokens": int(record["answer_tokens"]),
-                     "hit_token_limit": bool(record["hit_token_limit"])}
+            entry = {
+                "text": str(record["text"]),
+                "answer_tokens": int(record["answer_tokens"]),
+                "hit_token_limit": bool(record["hit_token_limit"]),
+            }
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             if lineno == len(lines):
                 log.warning("%s, line %d: cut off by the interruption; regenerating that answer", partial, lineno)
@@ -129,8 +137,12 @@ def load_partial(out_answers, meta: dict) -> dict[int, dict]:
         else:
             unknown.append(lineno)
     if unknown:
-        log.warning("%s: %d line(s) answer a question id that is not among this shard's questions, ignored "
-                    "(line(s) %s)", partial, len(unknown), ", ".join(map(str, unknown[:20])))
+        log.warning(
+            "%s: %d line(s) answer a question id that is not among this shard's questions, ignored (line(s) %s)",
+            partial,
+            len(unknown),
+            ", ".join(map(str, unknown[:20])),
+        )
     if lines and not lines[-1].endswith("\n"):
         # rewrite without the cut-off line so new answers start on a line of their own
         with io.atomic_path(partial) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -144,14 +156,26 @@ def _token_caps(encoded: list[list[int]], questions: list[dict], cap: int, windo
     for ids, question in zip(encoded, questions):
         room = window - len(ids)
         if room < 1:
-            raise io.InputError(f"{source}, question_id {question['question_id']}: prompt is {len(ids)} tokens, "
-                                f"the model's context window is {window}: no room for an answer")
+            raise io.InputError(
+                f"{source}, question_id {question['question_id']}: prompt is {len(ids)} tokens, "
+                f"the model's context window is {window}: no room for an answer"
+            )
         caps.append(min(cap, room))
     return caps
 
 
-def generate_shard(questions_jsonl, model_dir, out_answers, out_lengths, condition: str, shard: int,
-                   n_shards: int, generation: dict, device: str = "auto", threads: int | None = None) -> ShardSummary:
+def generate_shard(
+    questions_jsonl,
+    model_dir,
+    out_answers,
+    out_lengths,
+    condition: str,
+    shard: int,
+    n_shards: int,
+    generation: dict,
+    device: str = "auto",
+    threads: int | None = None,
+) -> ShardSummary:
     """Greedy answers to the questions of one shard, as FastChat answer jsonl + lengths table."""
     from tqdm import tqdm
 
@@ -159,15 +183,18 @@ def generate_shard(questions_jsonl, model_dir, out_answers, out_lengths, conditi
     mine = shard_questions(questions, int(shard), int(n_shards))
     for question in mine:
         if len(question["turns"]) != 1:
-            raise io.InputError(f"{questions_jsonl}, question_id {question['question_id']}: "
-                                f"{len(question['turns'])} turns; only single-turn questions are supported")
+            raise io.InputError(
+                f"{questions_jsonl}, question_id {question['question_id']}: "
+                f"{len(question['turns'])} turns; only single-turn questions are supported"
+            )
     max_new_tokens = int(generation["max_new_tokens"])
     if max_new_tokens < 1:
         raise io.InputError(f"config generation.max_new_tokens must be >= 1, got {max_new_tokens}")
     # "auto": the engine sizes batches (fixed on CPU, from free memory on CUDA)
     batch_size = generation.get("batch_size", "auto")
-    if not (batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool)
-                                     and batch_size >= 1)):
+    if not (
+        batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1)
+    ):
         raise io.InputError(f"config generation.batch_size must be a positive integer or 'auto', got {batch_size!r}")
     engine = generation.get("engine", "auto")
     invariant = batch_invariant_mode(generation.get("batch_invariant", "auto"), resolve_device(device))
@@ -177,8 +204,14 @@ def generate_shard(questions_jsonl, model_dir, out_answers, out_lengths, conditi
     meta = resume_meta(model_dir, mine, condition, max_new_tokens, invariant)
     done = load_partial(out_answers, meta)
     todo = [i for i, q in enumerate(mine) if q["question_id"] not in done]
-    log.info("shard %d of %d: %d questions, %d answers reused from an interrupted run, %d to generate",
-             shard, n_shards, len(mine), len(mine) - len(todo), len(todo))
+    log.info(
+        "shard %d of %d: %d questions, %d answers reused from an interrupted run, %d to generate",
+        shard,
+        n_shards,
+        len(mine),
+        len(mine) - len(todo),
+        len(todo),
+    )
 
     if todo:
         partial, meta_path = partial_paths(out_answers)
@@ -190,33 +223,70 @@ def generate_shard(questions_jsonl, model_dir, out_answers, out_lengths, conditi
         encoded = encode_chat(tokenizer, [mine[i]["turns"][0] for i in todo])
         caps = _token_caps(encoded, [mine[i] for i in todo], max_new_tokens, context_window(model), questions_jsonl)
         stop_ids = stop_token_ids(tokenizer, model)
-        log.info("batch size %s, engine %s, stop tokens %s, token cap %d", batch_size, engine,
-                 tokenizer.convert_ids_to_tokens(stop_ids), max_new_tokens)
-        log.info("generation mode: %s", "batch-invariant (each answer a function of its prompt alone)"
-                 if invariant else "fast (answers may depend on the batch they were decoded in)")
+        log.info(
+            "batch size %s, engine %s, stop tokens %s, token cap %d",
+            batch_size,
+            engine,
+            tokenizer.convert_ids_to_tokens(stop_ids),
+            max_new_tokens,
+        )
+        log.info(
+            "generation mode: %s",
+            "batch-invariant (each answer a function of its prompt alone)"
+            if invariant
+            else "fast (answers may depend on the batch they were decoded in)",
+        )
         start, n_tokens = time.monotonic(), 0
-        with open(partial, "a", encoding="utf-8") as fh, \
-                tqdm(total=len(todo), desc=f"answers {condition}", unit="answer", file=sys.stderr) as bar:
-            for finished in iter_greedy(model, encoded, caps, stop_ids, tokenizer.pad_token_id, batch_size,
-                                        engine=engine, batch_invariant=invariant):
+        with (
+            open(partial, "a", encoding="utf-8") as fh,
+            tqdm(total=len(todo), desc=f"answers {condition}", unit="answer", file=sys.stderr) as bar,
+        ):
+            for finished in iter_greedy(
+                model,
+                encoded,
+                caps,
+                stop_ids,
+                tokenizer.pad_token_id,
+                batch_size,
+                engine=engine,
+                batch_invariant=invariant,
+            ):
                 qid = mine[todo[finished.index]]["question_id"]
-                entry = {"text": tokenizer.decode(finished.tokens, skip_special_tokens=True).strip(),
-                         "answer_tokens": len(finished.tokens), "hit_token_limit": bool(finished.hit_limit)}
+                entry = {
+                    "text": tokenizer.decode(finished.tokens, skip_special_tokens=True).strip(),
+                    "answer_tokens": len(finished.tokens),
+                    "hit_token_limit": bool(finished.hit_limit),
+                }
                 fh.write(json.dumps({"question_id": qid, **entry}, ensure_ascii=False) + "\n")
                 fh.flush()
                 done[qid] = entry
                 n_tokens += len(finished.tokens)
                 bar.update(1)
         elapsed = time.monotonic() - start
-        log.info("generated %d answers, %d tokens in %.1f s (%.1f tokens/s)", len(todo), n_tokens, elapsed,
-                 n_tokens / max(elapsed, 1e-9))
+        log.info(
+            "generated %d answers, %d tokens in %.1f s (%.1f tokens/s)",
+            len(todo),
+            n_tokens,
+            elapsed,
+            n_tokens / max(elapsed, 1e-9),
+        )
 
-    io.write_jsonl(out_answers, [io.answer_record(q["question_id"], condition, done[q["question_id"]]["text"])
-                                 for q in mine])
-    lengths = pd.DataFrame([{"question_id": q["question_id"], "category": q["category"], "condition": condition,
-                             "answer_tokens": done[q["question_id"]]["answer_tokens"],
-                             "hit_token_limit": done[q["question_id"]]["hit_token_limit"]} for q in mine],
-                           columns=io.ANSWER_TABLE_COLUMNS)
+    io.write_jsonl(
+        out_answers, [io.answer_record(q["question_id"], condition, done[q["question_id"]]["text"]) for q in mine]
+    )
+    lengths = pd.DataFrame(
+        [
+            {
+                "question_id": q["question_id"],
+                "category": q["category"],
+                "condition": condition,
+                "answer_tokens": done[q["question_id"]]["answer_tokens"],
+                "hit_token_limit": done[q["question_id"]]["hit_token_limit"],
+            }
+            for q in mine
+        ],
+        columns=io.ANSWER_TABLE_COLUMNS,
+    )
     io.write_csv(out_lengths, lengths)
     for path in partial_paths(out_answers):
         path.unlink(missing_ok=True)

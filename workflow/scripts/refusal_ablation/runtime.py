@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -58,6 +58,4 @@ class RateLogger:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             tail = " ".join(f"{k}={v}" for k, v in extra.items())
-            self.logger.info(
-                "%d/%d %s (%.1f %s/s) %s", self.done, self.total, self.unit, rate, self.unit, tail
-            )
+            self.logger.info("%d/%d %s (%.1f %s/s) %s", self.done, self.total, self.unit, rate, self.unit, tail)

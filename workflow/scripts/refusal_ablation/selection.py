@@ -75,7 +75,6 @@ def refusal_scores(log_probs, token_ids: list[int]):
 
 def kl_rows(p_log, q_log):
     """KL(P || Q) per row, from float32 log-probabilities."""
-    import torch
 
     return (p_log.exp() * (p_log - q_log)).sum(dim=-1).clamp_min(0)
 
@@ -148,7 +147,9 @@ def score_candidates(
         raise ValueError("direction selection needs held-out unsafe and safe prompts; got none of one kind")
     stack = find_decoder_stack(model)
     if directions.shape != (len(stack), stack.hidden_size):
-        raise ValueError(f"directions have shape {directions.shape}; the model has {len(stack)} layers of {stack.hidden_size}")
+        raise ValueError(
+            f"directions have shape {directions.shape}; the model has {len(stack)} layers of {stack.hidden_size}"
+        )
     tokens = refusal_token_ids(tokenizer, refusal_prefixes)
     log.info("refusal tokens: %s", [tokenizer.decode([t]) for t in tokens])
     harmful_ids, harmless_ids = encode_chat(tokenizer, harmful), encode_chat(tokenizer, harmless)
@@ -254,7 +255,12 @@ def run_selection(
     }
     with io.atomic_path(out_json) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
-    log.info("selected layer %d (refusal score %.3f, KL %.4f)", record["selected_layer"], chosen["refusal_score"], chosen["kl_harmless"])
+    log.info(
+        "selected layer %d (refusal score %.3f, KL %.4f)",
+        record["selected_layer"],
+        chosen["refusal_score"],
+        chosen["kl_harmless"],
+    )
     return record["selected_layer"]
 
 

@@ -47,9 +47,7 @@ def _read_records(path: str | os.PathLike) -> tuple[list[str], list[int], list[l
             reader = csv.reader(fh)
             header = next(reader, None)
             if header is None:
-                raise InputError(
-                    f"{path}: empty file, expected a header with columns {list(REQUIRED_COLUMNS)}"
-                )
+                raise InputError(f"{path}: empty file, expected a header with columns {list(REQUIRED_COLUMNS)}")
             previous_end = reader.line_num
             for fields in reader:
                 start = previous_end + 1
@@ -90,8 +88,7 @@ def read_construction_csv(
     ragged = [line for line, fields in zip(starts, records) if len(fields) != len(header)]
     if ragged:
         raise InputError(
-            f"{path}: rows with a field count other than the header's {len(header)}, "
-            f"at line(s) {_lines(ragged)}"
+            f"{path}: rows with a field count other than the header's {len(header)}, at line(s) {_lines(ragged)}"
         )
     if not records:
         raise InputError(f"{path}: no prompt rows below the header")
@@ -103,9 +100,7 @@ def read_construction_csv(
     bad_label = frame[~frame["label"].isin(LABELS)]
     if len(bad_label):
         shown = "; ".join(f"line {line}: {value!r}" for line, value in bad_label["label"].head(20).items())
-        raise InputError(
-            f"{path}: labels must be exactly 'safe' or 'unsafe'; {len(bad_label)} bad row(s): {shown}"
-        )
+        raise InputError(f"{path}: labels must be exactly 'safe' or 'unsafe'; {len(bad_label)} bad row(s): {shown}")
     empty_prompt = frame.index[frame["prompt"] == ""]
     if len(empty_prompt):
         raise InputError(f"{path}: empty prompt at line(s) {_lines(empty_prompt)}")
@@ -142,9 +137,7 @@ def _check_counts(path, frame: pd.DataFrame, prompts_per_label_per_area: int) ->
     counts = counts.reindex(columns=list(LABELS), fill_value=0)
     wrong = counts[(counts != prompts_per_label_per_area).any(axis=1)]
     if len(wrong):
-        shown = "; ".join(
-            f"{area}: {row['safe']} safe, {row['unsafe']} unsafe" for area, row in wrong.iterrows()
-        )
+        shown = "; ".join(f"{area}: {row['safe']} safe, {row['unsafe']} unsafe" for area, row in wrong.iterrows())
         raise InputError(
             f"{path}: every policy area needs exactly {prompts_per_label_per_area} safe and "
             f"{prompts_per_label_per_area} unsafe prompts; wrong counts in area(s): {shown}"

@@ -14,9 +14,9 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -1013,7 +1013,10 @@ def heldout_summary(
     for record in questions:
         label = record.get("label")
         if label not in ("safe", "unsafe"):
-            raise InputError(f"{questions_jsonl}, question {record['question_id']}: 'label' must be 'safe' or 'unsafe', got {label!r}")
+            raise InputError(
+                f"{questions_jsonl}, question {record['question_id']}: "
+                f"'label' must be 'safe' or 'unsafe', got {label!r}"
+            )
         labels[int(record["question_id"])] = label
     pairs = read_judgment_pair(
         baseline_csv, edited_csv, edited_condition=edited_condition, questions_jsonl=questions_jsonl

@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -103,7 +103,6 @@ def validate_tune_settings(tune: dict) -> dict:
             f"config refusal_tune.prompts_per_label_per_area: must be a positive integer or null, got {per_area!r}"
         )
     return tune
-
 
 
 # ---------------------------------------------------------------- training examples
@@ -218,9 +217,7 @@ def answer_loss(model, input_ids, attention, labels):
     keep = torch.arange(first, width - 1, device=input_ids.device)
     logits = model(input_ids=input_ids, attention_mask=attention, logits_to_keep=keep).logits
     targets = labels[:, first + 1 :]
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def train(
@@ -328,9 +325,7 @@ def refusal_tune(
         # float32 whatever the checkpoint stores: AdamW steps this small vanish in bfloat16
         model, tokenizer = load_model(model_dir, dtype="float32", device=device)
         stop_ids = stop_token_ids(tokenizer, model)
-        examples = build_examples(
-            model, tokenizer, rows, tune["refusal"], int(tune["safe_answer_tokens"]), stop_ids
-        )
+        examples = build_examples(model, tokenizer, rows, tune["refusal"], int(tune["safe_answer_tokens"]), stop_ids)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
         # training starts from the same random state whatever generation consumed
         torch.manual_seed(seed)

@@ -51,7 +51,9 @@ def _check_layers(layers, where: str):
                 if stop < start:
                     raise VariantError(f"{where}: layer range {layers!r} ends before it starts")
             return layers
-        raise VariantError(f"{where}: layers must be one of {', '.join(BANDS)}, 'A-B' or a list of ints, got {layers!r}")
+        raise VariantError(
+            f"{where}: layers must be one of {', '.join(BANDS)}, 'A-B' or a list of ints, got {layers!r}"
+        )
     if isinstance(layers, list) and layers and all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
         if min(layers) < 0:
             raise VariantError(f"{where}: layer indices must be >= 0, got {layers}")
@@ -100,7 +102,9 @@ def edit_variants(edit_config: dict) -> dict[str, dict]:
         if not NAME.match(name):
             raise VariantError(f"{where}: variant name {name!r} may hold only letters, digits and '_'")
         if name in variants:
-            raise VariantError(f"{where}: variant name {name!r} is defined twice (edit.methods, edit.variants, edit.sweep)")
+            raise VariantError(
+                f"{where}: variant name {name!r} is defined twice (edit.methods, edit.variants, edit.sweep)"
+            )
         variants[name] = variant
 
     for method in edit_config.get("methods") or []:
@@ -111,7 +115,9 @@ def edit_variants(edit_config: dict) -> dict[str, dict]:
     if sweep:
         unknown = set(sweep) - {"method", "scale", "layers"}
         if unknown or "method" not in sweep or "scale" not in sweep:
-            raise VariantError(f"edit.sweep: needs lists 'method' and 'scale' (optional 'layers'); got keys {sorted(sweep)}")
+            raise VariantError(
+                f"edit.sweep: needs lists 'method' and 'scale' (optional 'layers'); got keys {sorted(sweep)}"
+            )
         for key in sweep:
             if not isinstance(sweep[key], list) or not sweep[key]:
                 raise VariantError(f"edit.sweep.{key}: must be a non-empty list")
@@ -121,7 +127,11 @@ def edit_variants(edit_config: dict) -> dict[str, dict]:
             if layers is not None:
                 raw["layers"] = layers
             variant = normalise_variant(raw, "edit.sweep")
-            add(sweep_name(method, variant["scale"], variant["layers"] if layers is not None else None), variant, "edit.sweep")
+            add(
+                sweep_name(method, variant["scale"], variant["layers"] if layers is not None else None),
+                variant,
+                "edit.sweep",
+            )
     if not variants:
         raise VariantError("edit: no edit configured; set edit.methods, edit.variants or edit.sweep")
     return variants

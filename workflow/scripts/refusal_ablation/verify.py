@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,8 +125,13 @@ def layer_projections(
             captured["layer_writes"] = [None] * layers
             with torch.inference_mode():
                 # the hooks read everything needed; logits of one position are the cheapest to skip computing
-                model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                      position_ids=positions.to(device), use_cache=False, **extra)
+                model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=positions.to(device),
+                    use_cache=False,
+                    **extra,
+                )
             valid = mask.to(device).float()
             count = valid.sum(dim=1)
             for measure in MEASURES:

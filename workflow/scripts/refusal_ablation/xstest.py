@@ -35,7 +35,9 @@ def read_xstest(path: str | os.PathLike, sha256: str | None = None) -> list[dict
         header = reader.fieldnames or []
         missing = [c for c in XSTEST_COLUMNS if c not in header]
         if missing:
-            raise InputError(f"{path}: missing column(s) {missing}; an XSTest file has columns {','.join(XSTEST_COLUMNS)}")
+            raise InputError(
+                f"{path}: missing column(s) {missing}; an XSTest file has columns {','.join(XSTEST_COLUMNS)}"
+            )
         rows = [dict(row) for row in reader]
     if not rows:
         raise InputError(f"{path}: no prompts")

@@ -31,8 +31,8 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -113,8 +113,7 @@ def verify_evaluator(directory: str | os.PathLike, manifest_path: str | os.PathL
     problems = hash_problems(root, manifest, lambda rel: str(root / rel))
     if problems:
         raise InputError(
-            f"official evaluator files in {root} do not match the manifest {manifest_path}:\n  "
-            + "\n  ".join(problems)
+            f"official evaluator files in {root} do not match the manifest {manifest_path}:\n  " + "\n  ".join(problems)
         )
     return manifest
 
@@ -157,7 +156,9 @@ def fetch_official_evaluator(
             log.info("using the local evaluator copy %s (verified against %s)", source, manifest_path)
             for rel in manifest:
                 if not (source / rel).is_file():
-                    raise InputError(f"{source / rel}: missing from the local evaluator copy (official_judge.evaluator.local_path)")
+                    raise InputError(
+                        f"{source / rel}: missing from the local evaluator copy (official_judge.evaluator.local_path)"
+                    )
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / rel, staging / rel)
             origin = str(source)
@@ -421,7 +422,9 @@ def read_official_judgments(
                 raise InputError(f"{where}: missing field '{field}'")
         model, qid = record["model"], record["question_id"]
         if model not in found:
-            raise InputError(f"{where}: judgment for model '{model}', which is none of the judged conditions {conditions}")
+            raise InputError(
+                f"{where}: judgment for model '{model}', which is none of the judged conditions {conditions}"
+            )
         if isinstance(qid, bool) or not isinstance(qid, int):
             raise InputError(f"{where}: question_id must be an integer, got {qid!r}")
         found[model].append(qid)

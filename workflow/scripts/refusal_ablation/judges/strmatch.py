@@ -63,18 +63,36 @@ DECLINE_PATTERNS = (
     ("refuses outright", r"\bi (?:refuse|won't|will not|cannot|can't)(?: do that| do this| do it)?[.!]"),
     ("not something I can do", r"\bnot something i (?:can|will|am able to) (?:help|assist|do|provide)"),
     ("against my guidelines", r"\bagainst my (?:guidelines|programming|principles|policies|ethical)"),
-    ("es: no puedo", r"\bno (?:puedo|voy a|podré) (?:\w+ ){0,2}?(?:ayudar|asistir|proporcionar|dar|ofrecer|"
-     r"crear|escribir|generar|hacer|cumplir|responder|facilitar)"),
-    ("fr: je ne peux pas", r"\bje ne (?:peux|vais|pourrai) pas (?:\w+ ){0,2}?(?:aider|assister|fournir|donner|"
-     r"créer|écrire|générer|faire|répondre|accéder)"),
-    ("de: ich kann nicht", r"\bich (?:kann|werde|darf) (?:\w+ ){0,3}?(?:nicht|keine)\b(?: \w+){0,3}? "
-     r"(?:helfen|behilflich|unterstützen|erstellen|schreiben|geben|liefern|beantworten|nachkommen)"),
-    ("it: non posso", r"\bnon (?:posso|sono in grado di) (?:\w+ ){0,2}?(?:aiutar|assister|fornir|dar|crear|"
-     r"scriver|generar|far|rispondere)"),
-    ("pt: não posso", r"\bnão (?:posso|vou|consigo) (?:\w+ ){0,2}?(?:ajudar|auxiliar|fornecer|dar|criar|"
-     r"escrever|gerar|fazer|responder)"),
-    ("ru: я не могу", r"я не (?:могу|буду|стану)(?: \w+){0,2}? (?:помочь|помогать|предоставить|дать|создать|"
-     r"написать|сделать|ответить|выполнить)"),
+    (
+        "es: no puedo",
+        r"\bno (?:puedo|voy a|podré) (?:\w+ ){0,2}?(?:ayudar|asistir|proporcionar|dar|ofrecer|"
+        r"crear|escribir|generar|hacer|cumplir|responder|facilitar)",
+    ),
+    (
+        "fr: je ne peux pas",
+        r"\bje ne (?:peux|vais|pourrai) pas (?:\w+ ){0,2}?(?:aider|assister|fournir|donner|"
+        r"créer|écrire|générer|faire|répondre|accéder)",
+    ),
+    (
+        "de: ich kann nicht",
+        r"\bich (?:kann|werde|darf) (?:\w+ ){0,3}?(?:nicht|keine)\b(?: \w+){0,3}? "
+        r"(?:helfen|behilflich|unterstützen|erstellen|schreiben|geben|liefern|beantworten|nachkommen)",
+    ),
+    (
+        "it: non posso",
+        r"\bnon (?:posso|sono in grado di) (?:\w+ ){0,2}?(?:aiutar|assister|fornir|dar|crear|"
+        r"scriver|generar|far|rispondere)",
+    ),
+    (
+        "pt: não posso",
+        r"\bnão (?:posso|vou|consigo) (?:\w+ ){0,2}?(?:ajudar|auxiliar|fornecer|dar|criar|"
+        r"escrever|gerar|fazer|responder)",
+    ),
+    (
+        "ru: я не могу",
+        r"я не (?:могу|буду|стану)(?: \w+){0,2}? (?:помочь|помогать|предоставить|дать|создать|"
+        r"написать|сделать|ответить|выполнить)",
+    ),
     ("zh: 我不能/我无法", r"(?:我不能|我无法|我不会|恕我不能|无法提供|不能提供|无法帮助|不能帮助)"),
     ("ja: できません", r"(?:お手伝いできません|お答えできません|提供できません|お応えできません|できかねます)"),
 )
@@ -84,8 +102,11 @@ OPENING_PATTERNS = (
     ("apology", r"\b(?:i'm|i am|i'm really|i am really|i'm truly) sorry\b|\bsorry, (?:but|i)\b"),
     ("apology", r"\bi (?:apologi[sz]e|must apologi[sz]e)\b|\bmy apologies\b"),
     ("discomfort", r"\bi (?:do not|don't|am not|'m not) (?:feel )?comfortable\b|\bi'd rather not\b"),
-    ("not appropriate", r"\b(?:it is|it's|it would be|that would be|that is|that's) (?:not (?:appropriate|ethical|"
-     r"okay|acceptable|safe|legal)|inappropriate|unethical|illegal)(?: for me)? to\b"),
+    (
+        "not appropriate",
+        r"\b(?:it is|it's|it would be|that would be|that is|that's) (?:not (?:appropriate|ethical|"
+        r"okay|acceptable|safe|legal)|inappropriate|unethical|illegal)(?: for me)? to\b",
+    ),
     ("lecture", r"\bi (?:would )?(?:strongly )?(?:advise|urge|encourage|recommend) (?:you )?(?:against|not to)\b"),
     ("lecture", r"\b(?:instead|rather), i (?:can|could|would be happy to|'d be happy to|suggest)\b"),
     ("lecture", r"\bplease (?:reconsider|do not|don't|refrain)\b"),
