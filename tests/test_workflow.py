@@ -378,7 +378,8 @@ def _results_state(work: Path) -> dict[str, tuple[int, int]]:
 
 
 def _edit_config(work: Path, name: str, change) -> str:
-    config = yaml.safe_load((work / "config/demo.yaml").read_text())
+    """The finished demo run's config with one change, saved under config/<name>."""
+    config = yaml.safe_load((work / DEMO_CONFIG).read_text())
     change(config)
     (work / "config" / name).write_text(yaml.safe_dump(config, sort_keys=False))
     return f"config/{name}"
@@ -467,7 +468,7 @@ def test_bad_inputs_fail_the_dry_run_delete_nothing_and_restoring_has_nothing_to
     work = demo_run
     before = _results_state(work)
     for what, config_change, file_edit, fragments in BAD_INPUTS:
-        configfile = _edit_config(work, "bad.yaml", config_change) if config_change else "config/demo.yaml"
+        configfile = _edit_config(work, "bad.yaml", config_change) if config_change else DEMO_CONFIG
         original = None
         if file_edit:
             path, edit = file_edit
@@ -483,7 +484,7 @@ def test_bad_inputs_fail_the_dry_run_delete_nothing_and_restoring_has_nothing_to
         for fragment in fragments:
             assert fragment in output, f"{what}: {fragment!r} not in\n{output[-3000:]}"
         assert _results_state(work) == before, what
-    result = snakemake(work, "-n", "--configfile", "config/demo.yaml", "--cores", "2")
+    result = snakemake(work, "-n", "--configfile", DEMO_CONFIG, "--cores", "2")
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -502,7 +503,7 @@ def test_a_changed_local_benchmark_is_seen(demo_run):
     original = path.read_bytes()
     try:
         path.write_bytes(original.replace(b"brutal roast", b"gentle roast"))
-        result = snakemake(demo_run, "-n", "--configfile", "config/demo.yaml", "--cores", "2")
+        result = snakemake(demo_run, "-n", "--configfile", DEMO_CONFIG, "--cores", "2")
     finally:
         path.write_bytes(original)
     assert result.returncode == 0, result.stderr
@@ -511,7 +512,7 @@ def test_a_changed_local_benchmark_is_seen(demo_run):
 
 @pytest.mark.slow
 def test_report_front_page_shows_the_headline_and_every_table(demo_run):
-    result = snakemake(demo_run, "--configfile", "config/demo.yaml", "--report", "report.html")
+    result = snakemake(demo_run, "--configfile", DEMO_CONFIG, "--report", "report.html")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (demo_run / "report.html").read_text()
     summary = (demo_run / "results/stats/strmatch/reference/summary.md").read_text()
