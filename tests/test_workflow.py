@@ -377,9 +377,9 @@ def _results_state(work: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _edit_config(work: Path, name: str, change) -> str:
-    """The finished demo run's config with one change, saved under config/<name>."""
-    config = yaml.safe_load((work / DEMO_CONFIG).read_text())
+def _edit_config(work: Path, name: str, change, base: str = DEMO_CONFIG) -> str:
+    """``base`` (by default the finished demo run's config) with one change, saved as config/<name>."""
+    config = yaml.safe_load((work / base).read_text())
     change(config)
     (work / "config" / name).write_text(yaml.safe_dump(config, sort_keys=False))
     return f"config/{name}"
@@ -532,7 +532,9 @@ def test_a_failed_run_leaves_no_edited_checkpoint_and_says_what_to_do(tmp_path):
     onerror handler removes a temporary edited checkpoint that would otherwise stay."""
     work = copy_repo(tmp_path / "repo")
     reference = yaml.safe_load((work / "config/config.yaml").read_text())
-    configfile = _edit_config(work, "hub_benchmark.yaml", lambda c: c.update(benchmark=reference["benchmark"]))
+    configfile = _edit_config(
+        work, "hub_benchmark.yaml", lambda c: c.update(benchmark=reference["benchmark"]), base="config/demo.yaml"
+    )
     leftover = work / "results/models/edited_reference"
     leftover.mkdir(parents=True)
     (leftover / "model.safetensors").write_bytes(b"\0" * 1024)
