@@ -18,10 +18,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma4Config, Gemma4ForConditionalGeneration
 
-from refusal_ablation.engine import INVARIANT_CHUNK, _invariant_decode_attention, iter_greedy
+from refusal_ablation import kernels
+from refusal_ablation.engine import INVARIANT_CHUNK, _decode_attention, _invariant_decode_attention, iter_greedy
 from refusal_ablation.generation import batch_invariant_mode
 from refusal_ablation.io import InputError
 from tiny_models import build_tiny_llama
+
+TRITON = kernels.available("cuda" if torch.cuda.is_available() else "cpu")
 
 LENGTHS = (5, 270, 9, 3, 23, 12, 40)
 CAPS = (40, 30, 24, 36, 12, 28, 20)
@@ -169,6 +172,31 @@ def test_chunked_attention_ignores_the_masked_tail_bit_for_bit():
         assert err < 1e-2
 
 
+def _attention_inputs(device, dtype, length=4096, seed=4):
+    torch.manual_seed(seed)
+    batch, heads, n_kv, dim = 4, 6, 2, 64
+    query = torch.randn(batch, heads, 1, dim, dtype=dtype).to(device)
+    keys = torch.randn(batch, n_kv, length, dim, dtype=dtype).to(device)
+    values = torch.randn(batch, n_kv, length, dim, dtype=dtype).to(device)
+    valid = torch.tensor([200, 37, 250, 5]).to(device)  # keys each row may see
+    return query, keys, values, valid
+
+
+def _attend(fn, query, keys, values, valid, length):
+    columns = torch.arange(length, device=keys.device)
+    mask = (columns[None, :] < valid[:, None])[:, None, None, :]
+    return fn(None, query, keys[:, :, :length], values[:, :, :length], mask)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_invariant_attention_of_a_row_is_the_same_for_256_1024_and_4096_keys(dtype):
+    query, keys, values, valid = _attention_inputs("cpu", dtype)
+    outs = [_attend(_invariant_decode_attention, query, keys, values, valid, n) for n in (256, 1024, 4096)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    plain = _attend(_decode_attention, query, keys, values, valid, 256)
+    assert torch.allclose(outs[0].float(), plain.float(), atol=2e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
 @pytest.mark.parametrize(
     "value, device, expected",
     [
@@ -274,3 +302,45 @@ def test_a_resume_reuses_answers_of_the_same_mode_only(tmp_path, caplog):
         assert summary.n_reused == reused
         if invariant:
             assert answers.read_bytes() == whole
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRITON, reason="needs Triton on CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_attention_reads_a_rows_own_keys_only_on_gpu(dtype):
+    query, keys, values, valid = _attention_inputs("cuda", dtype)
+    outs = [_attend(_invariant_decode_attention, query, keys, values, valid, n) for n in (256, 1024, 4096)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    # a row alone, or among other rows in another slot order, gives the same bits
+    alone = _attend(_invariant_decode_attention, query[1:2], keys[1:2], values[1:2], valid[1:2], 256)
+    assert torch.equal(alone[0], outs[0][1])
+    order = torch.tensor([3, 1, 0, 2], device="cuda")
+    shuffled = _attend(_invariant_decode_attention, query[order], keys[order], values[order], valid[order], 1024)
+    assert torch.equal(shuffled, outs[0][order])
+    # and it computes attention: close to the plain decode attention and to the torch fallback
+    plain = _attend(_decode_attention, query, keys, values, valid, 256)
+    fallback = _attend(_invariant_decode_attention, *(t.cpu() for t in (query, keys, values, valid)), 256)
+    tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert torch.allclose(outs[0].float(), plain.float(), atol=tolerance)
+    assert torch.allclose(outs[0].float().cpu(), fallback.float(), atol=tolerance)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not TRITON, reason="needs Triton on CUDA")
+def test_triton_norms_compute_what_the_modules_compute_for_any_row_count_on_gpu(tmp_path):
+    model = _gemma4(torch.bfloat16).to("cuda")
+    pairs = kernels.invariant_norm_forwards(model, "cuda")
+    kinds = {(type(m).__name__, getattr(m, "with_scale", True)) for m, _ in pairs}
+    assert ("Gemma4RMSNorm", False) in kinds and ("Gemma4RMSNorm", True) in kinds
+    torch.manual_seed(5)
+    for module, forward in pairs:
+        size = module.weight.shape[0] if getattr(module, "weight", None) is not None else 16
+        rows = torch.randn(300, size, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            want = module(rows)
+        got = forward(rows)
+        assert torch.allclose(got.float(), want.float(), atol=3e-2, rtol=1e-2)
+        for n in (1, 7, 64):
+            assert torch.equal(forward(rows[:n]), got[:n])
+    llama = AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path), dtype=torch.bfloat16).to("cuda")
+    assert len(kernels.invariant_norm_forwards(llama, "cuda")) == 2 * llama.config.num_hidden_layers + 1

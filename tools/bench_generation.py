@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
+from refusal_ablation.architecture import find_decoder_stack  # noqa: E402
 from refusal_ablation.engine import _exact_cublas_reductions, _SlotDecoder, iter_greedy  # noqa: E402
 
 log = logging.getLogger("bench_generation")
@@ -140,9 +141,10 @@ class StepCost:
 
     def __init__(self, model):
         text = model.config.get_text_config()
-        layers = model.model.language_model.layers
+        stack = find_decoder_stack(model)
+        layers = stack.layers
         element = next(model.parameters()).element_size()
-        language = model.model.language_model
+        language = model.get_submodule(stack.layers_name.rpartition(".")[0])  # the module holding the layers
         lookups = {id(language.embed_tokens_per_layer.weight), id(language.embed_tokens.weight)}
         # every matrix is read once per step; embedding lookups read only the rows they use
         params = {id(p): p for p in model.parameters() if id(p) not in lookups}

@@ -149,7 +149,19 @@ def causes(model, prompts, pad) -> dict:
     return out
 
 
-def table_and_invariance(model, tokenizer, texts, cap: int, report: dict, key: str) -> None:
+def long_prompts(tokenizer, texts, n_tokens: int, count: int = 8) -> list[list[int]]:
+    """``count`` chat prompts of more than ``n_tokens`` tokens: demo texts joined, each from another start."""
+    out = []
+    for k in range(count):
+        joined, n = [], 0
+        while n <= n_tokens:
+            joined.append(texts[(k + len(joined)) % len(texts)])
+            n = len(encode_chat(tokenizer, [" ".join(joined)])[0])
+        out.append(list(encode_chat(tokenizer, [" ".join(joined)])[0]))
+    return out
+
+
+def table_and_invariance(model, tokenizer, texts, cap: int, report: dict, key: str, long_context: int = 0) -> None:
     prompts = [list(p) for p in encode_chat(tokenizer, texts)]
     stop_ids = stop_token_ids(tokenizer, model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
@@ -180,6 +192,27 @@ def table_and_invariance(model, tokenizer, texts, cap: int, report: dict, key: s
             "seconds": seconds,
             "answer_tokens": sum(len(a) for a in runs["auto"]),
         }
+        if long_context:
+            # contexts past 1,024 positions: other length buckets, more attention chunks
+            long = long_prompts(tokenizer, texts, long_context)
+            long_caps = [64] * len(long)
+            alone = engine_answers(
+                model, long, long_caps, stop_ids, pad, batch_size=1, engine="continuous", batch_invariant=invariant
+            )
+            mixed = engine_answers(
+                model,
+                long + prompts[:8],
+                long_caps + caps[:8],
+                stop_ids,
+                pad,
+                batch_size="auto",
+                engine="continuous",
+                batch_invariant=invariant,
+            )[: len(long)]
+            part[mode]["long_context"] = {
+                "prompt_tokens": [len(p) for p in long],
+                "batch_auto_with_short_prompts_vs_batch_1": compare(mixed, alone),
+            }
         log.info("%s %s: %s", key, mode, part[mode])
 
 
@@ -280,6 +313,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cap", type=int, default=128)
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="8 prompts, cap 16 (CPU smoke run)")
+    parser.add_argument(
+        "--long-context", type=int, default=0, help="also compare 8 prompts longer than this many tokens (0: off)"
+    )
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: table,resume,demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -314,7 +350,7 @@ def main(argv=None) -> int:
     if "table" not in skip:
         for dtype, path in checkpoints.items():
             model, tokenizer = load_model(path, device="auto")
-            table_and_invariance(model, tokenizer, texts, args.cap, report, dtype)
+            table_and_invariance(model, tokenizer, texts, args.cap, report, dtype, args.long_context)
             save()
             del model
     low = checkpoints.get("bfloat16", next(iter(checkpoints.values())))
@@ -359,6 +395,8 @@ def main(argv=None) -> int:
         )
         for mode in MODES:
             m = part[mode]
+            if "long_context" in m:
+                lines.append(f"| {mode}, long context | {m['long_context']} |")
             lines.append(
                 f"| {mode} | {cell(m['engine_vs_generate_one_at_a_time'])} | "
                 f"{cell(m['engine_vs_generate_batch_8'])} | {cell(m['batch_7_vs_batch_1'])} / "

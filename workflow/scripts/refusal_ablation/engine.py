@@ -24,13 +24,18 @@ dtype and cap) alone, bit for bit, whatever the batch size, the other prompts de
 it, its slot or the point a run resumed from. On a GPU in bf16 the fast mode does not give
 that: the reduction order of some kernels depends on tensor shapes that the other sequences
 set (the length bucket of the key buffer, the padded prefill batch, the decode batch). The
-invariant mode removes each such dependence (see ``_SlotDecoder``): every prompt is prefilled
-alone; decode attention over full-attention layers is computed in fixed 256-key chunks whose
-partial sums are added one chunk after another, so the keys beyond a sequence's own length
-add exact zeros whatever the bucket; sliding-window rings always have the window's length;
-no decode batch is narrower than ``INVARIANT_MIN_BATCH`` rows (PyTorch's row reductions pick
-their thread layout from the number of rows below that); RMSNorms run eagerly (a compiled
-kernel's launch configuration is tuned per process); and cuBLAS may not reduce in bf16.
+invariant mode removes each such dependence (see ``_SlotDecoder``): prompts are not prefilled
+but fed through the decode steps one token per step (teacher forcing), so they share the
+decode batches and no prefill shape depends on another prompt; decode attention reads each
+row's own valid keys only, in a fixed order (``kernels.decode_attention`` on CUDA; on the CPU
+fixed 256-key chunks whose partial sums are added one chunk after another, so the keys beyond
+a sequence's own length add exact zeros whatever the bucket); sliding-window rings always have
+the window's length; RMSNorms in the decode steps run a Triton kernel with one launch
+configuration per hidden size (``kernels.rms_norm``; a compiled kernel's launch configuration
+is tuned per process); no decode batch is narrower than ``INVARIANT_MIN_BATCH`` rows
+(PyTorch's remaining row reductions pick their thread layout from the number of rows below
+that); and cuBLAS may not reduce in bf16. The GEMMs need nothing: a row of a cuBLAS GEMM was
+measured bit-identical for any number of rows from 1 to 440 (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
+from refusal_ablation import kernels
 from refusal_ablation.architecture import ArchitectureError, find_decoder_stack
 from refusal_ablation.prefix import SharedPrefix, left_padded_batch, prefix_to_share
 from refusal_ablation.runtime import RateLogger
@@ -247,41 +253,56 @@ def _decode_attention(module, query, key, value, attention_mask, dropout=0.0, sc
 def _invariant_decode_attention(
     module, query, key, value, attention_mask, dropout=0.0, scaling=None, softcap=None, **kwargs
 ):
-    """``_decode_attention`` whose result for a row does not depend on the key-buffer length.
+    """``_decode_attention`` whose result for a row depends on that row's own keys alone.
 
-    Keys are taken in chunks of ``INVARIANT_CHUNK`` (a buffer of another length, a sliding
-    ring, is one chunk: its length is fixed). Every reduction has a fixed shape: scores and
-    value products per chunk, the softmax's maximum over all keys (a maximum is exact in
-    any order), and the chunks' partial sums added in order. Masked keys contribute exact
-    zeros, so a longer bucket leaves the sum bit for bit the same.
+    On CUDA (with Triton, power-of-two head sizes) this is ``kernels.decode_attention``: one
+    program per row and key/value head reads the row's valid keys only (the mask is a prefix
+    mask, see ``_SlotDecoder._masks``: its row sum is the count), so neither the length
+    bucket, nor the batch, nor the slot can change a bit of the result.
+
+    Elsewhere (the CPU) it is this torch code: keys are taken in chunks of ``INVARIANT_CHUNK``
+    (a buffer of another length, a sliding ring, is one chunk: its length is fixed). Every
+    reduction has a fixed shape: scores and value products per chunk (one product each), the
+    softmax's maximum over all keys (a maximum is exact in any order), and the chunks' partial
+    sums added in order. Masked keys contribute exact zeros, so a longer bucket leaves the sum
+    bit for bit the same.
     """
     batch, n_heads, q_len, head_dim = query.shape
     if q_len != 1:
         raise ValueError(f"{INVARIANT_ATTENTION} handles one query token per row, got {q_len}")
     n_kv, length = key.shape[1], key.shape[2]
-    chunk = INVARIANT_CHUNK if length % INVARIANT_CHUNK == 0 else length
-    n_chunks = length // chunk
     scale = scaling if scaling is not None else head_dim**-0.5
-    grouped = query.reshape(batch, n_kv, 1, n_heads // n_kv, head_dim)
-    keys = key.reshape(batch, n_kv, n_chunks, chunk, key.shape[-1])
-    values = value.reshape(batch, n_kv, n_chunks, chunk, value.shape[-1])
-    scores = torch.matmul(grouped, keys.transpose(-1, -2))  # [batch, kv, chunks, group, chunk]
-    if scale != 1.0:
-        scores = scores * scale
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    if attention_mask is not None:
-        mask = attention_mask.reshape(batch, 1, n_chunks, 1, chunk)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    scores = scores.float()
-    top = scores.amax(dim=-1, keepdim=True).amax(dim=2, keepdim=True)
-    weights = torch.exp(scores - top)
-    sums = weights.sum(dim=-1)  # [batch, kv, chunks, group]
-    parts = torch.matmul(weights.to(value.dtype), values)  # [batch, kv, chunks, group, value dim]
-    total, out = sums[:, :, 0], parts[:, :, 0].float()
-    for c in range(1, n_chunks):
-        total = total + sums[:, :, c]
-        out = out + parts[:, :, c].float()
+    if kernels.available(query.device) and kernels.attention_supported(head_dim, value.shape[-1]):
+        if attention_mask is None:
+            n_valid = torch.full((batch,), length, dtype=torch.int32, device=query.device)
+        else:
+            n_valid = attention_mask.reshape(batch, -1).sum(-1, dtype=torch.int32)
+        return kernels.decode_attention(query, key, value, n_valid, scale, softcap), None
+    chunk = INVARIANT_CHUNK if length % INVARIANT_CHUNK == 0 else length
+    grouped = query.reshape(batch, n_kv, n_heads // n_kv, head_dim)
+    # one product per chunk, each of the same shape: a batched product over all chunks at
+    # once lets the BLAS pick its kernel by the chunk count (measured: on the CPU in float32
+    # at 512 and 1,024 keys; cuBLAS at 1,024 and 4,096)
+    scores = []
+    for start in range(0, length, chunk):
+        part = torch.matmul(grouped, key[:, :, start : start + chunk].transpose(-1, -2))  # [batch, kv, group, chunk]
+        if scale != 1.0:
+            part = part * scale
+        if softcap is not None:
+            part = torch.tanh(part / softcap) * softcap
+        if attention_mask is not None:
+            mask = attention_mask[..., start : start + chunk].reshape(batch, 1, 1, chunk)
+            part = part.masked_fill(~mask, torch.finfo(part.dtype).min)
+        scores.append(part.float())
+    top = scores[0].amax(dim=-1, keepdim=True)
+    for part in scores[1:]:
+        top = torch.maximum(top, part.amax(dim=-1, keepdim=True))  # a maximum is exact in any order
+    total = out = None
+    for start, part in zip(range(0, length, chunk), scores):
+        weights = torch.exp(part - top)
+        values = torch.matmul(weights.to(value.dtype), value[:, :, start : start + chunk]).float()
+        total = weights.sum(dim=-1) if total is None else total + weights.sum(dim=-1)
+        out = values if out is None else out + values
     out = (out / total[..., None]).to(value.dtype)
     return out.reshape(batch, 1, n_heads, value.shape[-1]), None
 
@@ -455,8 +476,14 @@ class _SlotDecoder:
         if self.invariant:
             # a shared prefix is chosen from all prompts, and a compiled norm's kernel per process
             share_prefix, fuse_norms = False, False
-        # (module, compiled forward) pairs put in place for the captured decode steps only
-        self.fused_norms = _fused_norm_forwards(model) if self.use_graphs and fuse_norms is not False else []
+        # (module, forward) pairs put in place for the captured decode steps only: compiled
+        # norms in the fast mode, the fixed-launch Triton norm in the batch-invariant mode
+        if not self.use_graphs:
+            self.fused_norms = []
+        elif self.invariant:
+            self.fused_norms = kernels.invariant_norm_forwards(model, self.device)
+        else:
+            self.fused_norms = _fused_norm_forwards(model) if fuse_norms is not False else []
         layers = find_decoder_stack(model).layers
         self.attn_configs = list({id(l.self_attn.config): l.self_attn.config for l in layers}.values())
         text_config = model.config.get_text_config()
@@ -670,8 +697,13 @@ class _SlotDecoder:
         while self.pending or self.slot_prompt:
             free = self.slots - len(self.slot_prompt)
             with torch.inference_mode():
+                # batch-invariant: admitting costs no prefill (prompts go through decode steps), so
+                # every free slot is filled at once
                 if self.pending and (
-                    free >= max(1, self.slots // 8) or not self.slot_prompt or len(self.pending) <= free
+                    free >= max(1, self.slots // 8)
+                    or not self.slot_prompt
+                    or len(self.pending) <= free
+                    or (self.invariant and free > 0)
                 ):
                     done = self._admit([self.pending.popleft() for _ in range(min(free, len(self.pending)))])
                 else:
@@ -703,15 +735,20 @@ class _SlotDecoder:
         self.token_in[:batch].copy_(torch.from_numpy(token[:batch]))
         self.position_in[:batch].copy_(torch.from_numpy(position[:batch]))
         self._run_step(batch, length)
-        new = self.token_out[:active].cpu().numpy()
+        new = self.token_out[:active].cpu().numpy().copy()
         self.decode_seconds += time.monotonic() - step_start
         self.steps += 1
-        self.generated += active
         if self.trace is not None:
             self.trace.append(position[:active] + 1)
         stopped = np.isin(new, self.stop_ids) if self.stop_ids else np.zeros(active, dtype=bool)
         ended = []
         for slot in range(active):
+            prompt = self.prompts[self.slot_prompt[slot]]
+            if position[slot] + 1 < len(prompt):
+                # batch-invariant prefill: the slot is still reading its prompt (teacher forcing)
+                new[slot] = prompt[position[slot] + 1]
+                continue
+            self.generated += 1
             if stopped[slot]:
                 ended.append((slot, False))
                 continue
@@ -725,6 +762,8 @@ class _SlotDecoder:
 
     def _admit(self, admitted: list[int]) -> list[Finished]:
         """Prefill admitted prompts into the free slots after the active ones."""
+        if self.invariant:
+            return self._admit_teacher_forced(admitted)
         budget = 32768 if self.device.type == "cuda" else 4096
         chunks, chunk = [], []
         for i in admitted:  # already sorted by prompt length
@@ -760,6 +799,27 @@ class _SlotDecoder:
                 if stop or self.caps[i] == 1:
                     ended.append((slot, not stop))
             done += self._release(ended)
+        return done
+
+    def _admit_teacher_forced(self, admitted: list[int]) -> list[Finished]:
+        """Batch-invariant prefill: each admitted prompt enters a free slot at its first token.
+
+        The decode steps then feed it its own prompt one token per step (teacher forcing, beside
+        the other slots' answers) and the argmax after its last prompt token is its first answer
+        token. So no prefill shape depends on another prompt (a prefill batch, its padding, its
+        length), and prompts share the decode batches instead of being prefilled one by one.
+        Measured on the H200 against prefilling each prompt alone: see docs/performance.md.
+        """
+        done = []
+        for i in admitted:
+            if self.caps[i] == 0:
+                done.append(Finished(index=i, tokens=[], hit_limit=True))
+                continue
+            slot = len(self.slot_prompt)
+            self.slot_prompt.append(i)
+            self.slot_answer.append([])
+            self.token[slot] = self.prompts[i][0]
+            self.position[slot] = 0
         return done
 
     def _release(self, ended: list[tuple[int, bool]]) -> list[Finished]:
