@@ -344,3 +344,19 @@ def test_triton_norms_compute_what_the_modules_compute_for_any_row_count_on_gpu(
             assert torch.equal(forward(rows[:n]), got[:n])
     llama = AutoModelForCausalLM.from_pretrained(build_tiny_llama(tmp_path), dtype=torch.bfloat16).to("cuda")
     assert len(kernels.invariant_norm_forwards(llama, "cuda")) == 2 * llama.config.num_hidden_layers + 1
+
+
+def test_norm_scale_forms_are_read_off_the_modules():
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+    from transformers.models.gemma4.modeling_gemma4 import Gemma4RMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    weight = torch.linspace(-0.5, 0.5, 16)
+    gemma3, gemma4, llama = Gemma3RMSNorm(16), Gemma4RMSNorm(16), LlamaRMSNorm(16)
+    for module in (gemma3, gemma4, llama):
+        module.weight.data.copy_(weight)
+    assert torch.equal(kernels.norm_scale_of(gemma3, 16)[0], 1.0 + weight)
+    assert torch.equal(kernels.norm_scale_of(gemma4, 16)[0], weight)
+    assert torch.equal(kernels.norm_scale_of(llama, 16)[0], weight)
+    assert kernels.norm_scale_of(Gemma4RMSNorm(16, with_scale=False), 64) == (None, 1e-6)
+    assert kernels.norm_scale_of(torch.nn.LayerNorm(16), 16) is None  # not a known form
