@@ -114,8 +114,10 @@ def iter_greedy(
     engine on CUDA only) defaults to on. ``share_prefix`` (continuous engine): prefill the tokens
     every prompt starts with once (see ``prefix``). ``fuse_norms`` (with CUDA graphs; default
     on): decode with each RMSNorm compiled into one kernel. ``batch_invariant``: each answer
-    depends on its own prompt alone (see the module docstring); it turns prefix sharing and
-    compiled norms off, and the ``"generate"`` engine then decodes one prompt at a time.
+    depends on its own prompt alone (see the module docstring); it turns prefix sharing off,
+    decodes with the Triton norms instead of compiled ones (``fuse_norms`` is ignored), feeds
+    prompts through the decode steps instead of prefilling them, and the ``"generate"``
+    engine then decodes one prompt at a time.
     """
     if len(prompts) != len(max_new_tokens):
         raise ValueError(f"iter_greedy: {len(prompts)} prompts but {len(max_new_tokens)} max_new_tokens values")
