@@ -770,8 +770,7 @@ class _SlotDecoder:
         chunks, chunk = [], []
         for i in admitted:  # already sorted by prompt length
             width = max([len(self.prompts[j]) for j in chunk] + [len(self.prompts[i])])
-            # batch-invariant: each prompt prefilled alone, so no other prompt sets its shapes
-            if chunk and (self.invariant or width * (len(chunk) + 1) > budget):
+            if chunk and width * (len(chunk) + 1) > budget:
                 chunks.append(chunk)
                 chunk = []
             chunk.append(i)
