@@ -5,7 +5,8 @@ another token within a few steps, so equal tokens are a sharp test of equal arit
 prompt runs past 256 positions, so the other prompts' length buckets span one or two
 attention chunks. CPU tests in float32 and bfloat16; the GPU tests (marked ``gpu``) run the
 same checks with CUDA graphs, and on the SmolLM2 checkpoint when one is named by
-``SMOLLM2_CHECKPOINT``.
+``SMOLLM2_CHECKPOINT``; and the Triton kernels (attention, RMSNorm) against the plain attention,
+the CPU fallback and the norm modules, for several buffer lengths and row counts.
 """
 
 from __future__ import annotations
