@@ -86,3 +86,19 @@ def test_schema_engines_are_the_engines_the_code_knows():
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())
     assert schema["properties"]["generation"]["properties"]["engine"]["enum"] == list(ENGINES)
+
+
+@pytest.mark.parametrize("value", [0, -1, "4", 1.5])
+def test_jobs_per_gpu_must_be_a_positive_integer(value):
+    config = copy.deepcopy(load("config.yaml"))
+    config["compute"]["jobs_per_gpu"] = value
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert "jobs_per_gpu" in str(err.value)
+
+
+def test_jobs_per_gpu_defaults_to_one():
+    config = copy.deepcopy(load("config.yaml"))
+    config["compute"].pop("jobs_per_gpu", None)
+    validate(config, schema=SCHEMA)
+    assert config["compute"]["jobs_per_gpu"] == 1

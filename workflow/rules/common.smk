@@ -1,4 +1,5 @@
 import hashlib
+import os
 import re
 import shutil
 import sys
@@ -34,6 +35,11 @@ if COST:
 JUDGES = list(config["judges"])
 N_SHARDS = int(config["generation"]["shards"])
 GPUS_PER_JOB = int(config["compute"]["gpus_per_job"])
+# how many GPU jobs may share one device (refusal_ablation.gpus reads it in each job); an
+# environment variable, not a param, because it changes scheduling, never a result
+os.environ["REFUSAL_ABLATION_JOBS_PER_GPU"] = str(
+    config["compute"].get("jobs_per_gpu", 1)
+)
 # jobs that can run beside other jobs (activations, edit, answers, verify) take this many
 # threads; prepare_model and refusal_tune, which nothing can run beside, take every core
 THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores
