@@ -22,7 +22,7 @@ from refusal_ablation.cost import (
     write_xstest_stats,
 )
 from refusal_ablation.io import InputError, write_csv, write_jsonl
-from refusal_ablation.stats import mcnemar_exact_p, paired_wald_interval, wilson_interval
+from refusal_ablation.stats.estimators import mcnemar_exact_p, paired_wald_interval, wilson_interval
 
 
 def _questions(labels, types):

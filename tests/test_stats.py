@@ -12,26 +12,25 @@ from scipy.stats import binomtest
 from statsmodels.stats.proportion import proportion_confint
 
 from refusal_ablation.io import InputError
-from refusal_ablation.stats import (
-    CATEGORY_NAMES,
-    answer_length_summary,
+from refusal_ablation.stats.categories import CATEGORY_NAMES, category_label
+from refusal_ablation.stats.estimators import (
     category_bootstrap_interval,
-    category_label,
     cohens_h,
-    flip_table,
     gee_odds_ratio,
-    heldout_summary,
     mcnemar_exact_p,
     newcombe_paired_interval,
-    overall_table,
-    pair_judgments,
-    paired_estimates,
     paired_wald_interval,
-    per_category_table,
-    read_answer_lengths,
-    read_judgment_pair,
     wilson_interval,
-    write_stats,
+)
+from refusal_ablation.stats.pairing import pair_judgments, read_answer_lengths, read_judgment_pair
+from refusal_ablation.stats.rules import write_stats
+from refusal_ablation.stats.tables import (
+    answer_length_summary,
+    flip_table,
+    heldout_summary,
+    overall_table,
+    paired_estimates,
+    per_category_table,
 )
 
 EDITED = "edited_reference"

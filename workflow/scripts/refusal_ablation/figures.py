@@ -23,7 +23,9 @@ import seaborn as sns  # noqa: E402
 
 from . import CONDITION_BASELINE  # noqa: E402
 from .io import InputError, atomic_path  # noqa: E402
-from .stats import JUDGMENT_LEVELS, category_label, read_answer_lengths  # noqa: E402
+from .stats.categories import category_label  # noqa: E402
+from .stats.pairing import read_answer_lengths  # noqa: E402
+from .stats.tables import JUDGMENT_LEVELS  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
