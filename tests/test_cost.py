@@ -188,17 +188,21 @@ def _paired(compliance_change, low, high, p):
         [
             {
                 "estimate": "compliance_difference",
+                "interval": "paired_wald",
                 "value": compliance_change,
                 "ci_low": low,
                 "ci_high": high,
+                "ci_level": 0.95,
                 "p_value": math.nan,
                 "method": "paired Wald 95% CI",
             },
             {
                 "estimate": "mcnemar_exact",
+                "interval": "",
                 "value": 1,
                 "ci_low": math.nan,
                 "ci_high": math.nan,
+                "ci_level": math.nan,
                 "p_value": p,
                 "method": "exact two-sided McNemar",
             },

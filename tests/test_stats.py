@@ -55,9 +55,11 @@ def judgments_from_flips(cells: dict[tuple[int, int], int], categories: int, see
 REFERENCE_CELLS = {(0, 1): 247, (1, 0): 4, (0, 0): 99, (1, 1): 90}
 
 
-def estimate(frame: pd.DataFrame, name: str, method_start: str = "") -> pd.Series:
-    rows = frame[(frame["estimate"] == name) & frame["method"].str.startswith(method_start)]
-    assert len(rows) == 1, (name, method_start)
+def estimate(frame: pd.DataFrame, name: str, interval: str | None = None) -> pd.Series:
+    rows = frame[frame["estimate"] == name]
+    if interval is not None:
+        rows = rows[rows["interval"] == interval]
+    assert len(rows) == 1, (name, interval)
     return rows.iloc[0]
 
 
@@ -128,7 +130,11 @@ def test_reference_flip_table_gives_published_numbers(tmp_path):
 
     paired = pd.read_csv(out / "paired.csv")
     assert f"{estimate(paired, 'mcnemar_exact')['p_value']:.3g}" == "9.07e-68"
-    wald = estimate(paired, "compliance_difference", "paired Wald")
+    wald = estimate(paired, "compliance_difference", "paired_wald")
+    assert wald["ci_level"] == 0.95 and wald["method"].startswith("paired Wald 95% CI")
+    intervals = paired.loc[paired["estimate"] == "compliance_difference", "interval"]
+    assert intervals.tolist() == ["paired_wald", "newcombe_hybrid_score", "category_bootstrap"]
+    assert paired.loc[paired["interval"].isna(), "ci_level"].isna().all()
     assert round(100 * wald["value"], 1) == 55.2
     assert (round(100 * wald["ci_low"], 1), round(100 * wald["ci_high"], 1)) == (50.4, 60.0)
     assert estimate(paired, "to_compliance")["value"] == 247

@@ -25,6 +25,7 @@ from .io import InputError, read_judgments, read_questions, write_csv
 from .stats.estimators import level_text, mcnemar_exact_p, paired_wald_interval, wilson_interval
 from .stats.pairing import flip_counts
 from .stats.summary import format_p, format_percent, format_points
+from .stats.tables import INTERVAL_PAIRED_WALD, paired_row
 
 log = logging.getLogger(__name__)
 
@@ -436,13 +437,6 @@ def write_xstest_stats(judgment_csvs, questions_jsonl, rates_csv, per_type_csv, 
 # ---------------------------------------------------------------- trade-off
 
 
-def _paired_row(paired: pd.DataFrame, estimate: str, method_start: str = "") -> pd.Series:
-    rows = paired[(paired["estimate"] == estimate) & paired["method"].astype(str).str.startswith(method_start)]
-    if rows.empty:
-        raise InputError(f"paired table: no '{estimate}' row")
-    return rows.iloc[0]
-
-
 def tradeoff_table(
     benchmark_paired: Mapping[str, pd.DataFrame],
     kl_summaries: Mapping[str, pd.DataFrame],
@@ -453,8 +447,8 @@ def tradeoff_table(
     rows = []
     for edit in sorted(benchmark_paired):
         condition = f"{EDITED_PREFIX}{edit}"
-        wald = _paired_row(benchmark_paired[edit], "compliance_difference", "paired Wald")
-        mcnemar = _paired_row(benchmark_paired[edit], "mcnemar_exact")
+        wald = paired_row(benchmark_paired[edit], "compliance_difference", INTERVAL_PAIRED_WALD)
+        mcnemar = paired_row(benchmark_paired[edit], "mcnemar_exact")
         row = {
             "edit": edit,
             "condition": condition,

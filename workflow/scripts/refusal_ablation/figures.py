@@ -24,8 +24,9 @@ import seaborn as sns  # noqa: E402
 from . import CONDITION_BASELINE  # noqa: E402
 from .io import InputError, atomic_path  # noqa: E402
 from .stats.categories import category_label  # noqa: E402
+from .stats.estimators import level_text  # noqa: E402
 from .stats.pairing import read_answer_lengths  # noqa: E402
-from .stats.tables import JUDGMENT_LEVELS  # noqa: E402
+from .stats.tables import INTERVAL_PAIRED_WALD, JUDGMENT_LEVELS  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +160,13 @@ def plot_overall_compliance(
 
 
 def _paired_note(paired: pd.DataFrame) -> str:
-    wald = paired[(paired["estimate"] == "compliance_difference") & paired["method"].str.startswith("paired Wald")]
+    wald = paired[(paired["estimate"] == "compliance_difference") & (paired["interval"] == INTERVAL_PAIRED_WALD)]
     mcnemar = paired[paired["estimate"] == "mcnemar_exact"]
     parts = []
     if len(wald):
         row = wald.iloc[0]
-        level = row["method"].replace("paired Wald", "").strip()
         parts.append(
-            f"Change {100 * row['value']:+.1f} points ({level} {100 * row['ci_low']:.1f} to "
+            f"Change {100 * row['value']:+.1f} points ({level_text(1 - row['ci_level'])} {100 * row['ci_low']:.1f} to "
             f"{100 * row['ci_high']:.1f}, paired Wald)"
         )
     if len(mcnemar):
@@ -303,7 +303,9 @@ def write_figures(
 ) -> None:
     """The `figures` rule: draw each figure from the stats tables into its PNG/SVG paths."""
     overall_frame = read_table(overall_csv, ["estimate", "condition", "count", "n", "value", "ci_low", "ci_high"])
-    paired_frame = read_table(paired_csv, ["estimate", "value", "ci_low", "ci_high", "p_value", "method"])
+    paired_frame = read_table(
+        paired_csv, ["estimate", "interval", "value", "ci_low", "ci_high", "ci_level", "p_value", "method"]
+    )
     plot_overall_compliance(overall_frame, paired_frame, overall, subtitle)
     per_category = read_table(per_category_csv, ["category", "n_pairs", "baseline_rate", "edited_rate", "change"])
     plot_category_change(per_category, category_change, subtitle)

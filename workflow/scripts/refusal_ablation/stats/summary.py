@@ -10,6 +10,7 @@ import pandas as pd
 from .categories import category_name
 from .estimators import level_text
 from .pairing import PairedJudgments, flip_counts
+from .tables import INTERVAL_CATEGORY_BOOTSTRAP, INTERVAL_NEWCOMBE, INTERVAL_PAIRED_WALD, paired_row
 
 
 def format_percent(value: float) -> str:
@@ -37,11 +38,8 @@ def summary_sentences(
 ) -> list[str]:
     """The findings as short plain sentences, in the order a reader needs them."""
 
-    def row(estimate: str, method_start: str = "") -> pd.Series:
-        rows = paired_frame[
-            (paired_frame["estimate"] == estimate) & paired_frame["method"].str.startswith(method_start)
-        ]
-        return rows.iloc[0]
+    def row(estimate: str, interval: str | None = None) -> pd.Series:
+        return paired_row(paired_frame, estimate, interval)
 
     n = int(row("pairs")["value"])
     level = level_text(alpha)
@@ -55,9 +53,9 @@ def summary_sentences(
     if n == 0:
         return ["No question has a parsable judgment in both conditions.", missing_sentence]
     base, edit = row("baseline_compliance"), row("edited_compliance")
-    wald = row("compliance_difference", "paired Wald")
-    newcombe = row("compliance_difference", "Newcombe")
-    boot = row("compliance_difference", "category cluster bootstrap")
+    wald = row("compliance_difference", INTERVAL_PAIRED_WALD)
+    newcombe = row("compliance_difference", INTERVAL_NEWCOMBE)
+    boot = row("compliance_difference", INTERVAL_CATEGORY_BOOTSTRAP)
     cells = flip_counts(paired.complete)
     base_count, edit_count = cells["both_comply"] + cells["to_refusal"], cells["both_comply"] + cells["to_compliance"]
     difference = wald["value"]

@@ -24,6 +24,14 @@ from .estimators import (
 from .pairing import PairedJudgments, flip_counts, read_judgment_pair
 
 JUDGMENT_LEVELS = ("refusal", "compliance", "unparsable")
+
+# The `interval` column of the paired table: which interval a row's ci_low/ci_high are.
+# `compliance_difference` comes with three, so a reader selects its row by this name.
+INTERVAL_WILSON = "wilson"
+INTERVAL_PAIRED_WALD = "paired_wald"
+INTERVAL_NEWCOMBE = "newcombe_hybrid_score"
+INTERVAL_CATEGORY_BOOTSTRAP = "category_bootstrap"
+INTERVAL_GEE_ROBUST = "gee_robust"
 DESCRIPTIVE_NOTE = "descriptive only: few prompts per category, not a confirmatory test"
 
 
@@ -94,13 +102,15 @@ def paired_estimates(
     edit_comply = int((complete["edited"] == 1).sum())
     rows: list[dict] = []
 
-    def add(estimate, value, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, method="", note=""):
+    def add(estimate, value, ci_low=math.nan, ci_high=math.nan, p_value=math.nan, method="", note="", interval=""):
         rows.append(
             {
                 "estimate": estimate,
+                "interval": interval,
                 "value": value,
                 "ci_low": ci_low,
                 "ci_high": ci_high,
+                "ci_level": 1 - alpha if interval else math.nan,
                 "p_value": p_value,
                 "n": n,
                 "method": method,
@@ -117,15 +127,29 @@ def paired_estimates(
     )
     for estimate, count in (("baseline_compliance", base_comply), ("edited_compliance", edit_comply)):
         low, high = wilson_interval(count, n, alpha)
-        add(estimate, count / n if n else math.nan, low, high, method=f"proportion over pairs, Wilson {level}")
+        add(
+            estimate,
+            count / n if n else math.nan,
+            low,
+            high,
+            method=f"proportion over pairs, Wilson {level}",
+            interval=INTERVAL_WILSON,
+        )
     for estimate, count in cells.items():
         add(estimate, count, method="paired 2x2 table cell")
 
     difference, low, high = paired_wald_interval(b, c, n, alpha)
-    add("compliance_difference", difference, low, high, method=f"paired Wald {level}")
+    add("compliance_difference", difference, low, high, method=f"paired Wald {level}", interval=INTERVAL_PAIRED_WALD)
     # Newcombe's "first" proportion is the edited one, so b - c is the rise in compliance.
     _, low, high = newcombe_paired_interval(cells["both_comply"], b, c, cells["both_refuse"], alpha)
-    add("compliance_difference", difference, low, high, method=f"Newcombe hybrid score (1998, method 10) {level}")
+    add(
+        "compliance_difference",
+        difference,
+        low,
+        high,
+        method=f"Newcombe hybrid score (1998, method 10) {level}",
+        interval=INTERVAL_NEWCOMBE,
+    )
     low, high, draws = category_bootstrap_interval(
         complete["category"], complete["baseline"], complete["edited"], alpha, bootstrap_resamples, seed
     )
@@ -138,6 +162,7 @@ def paired_estimates(
         method=f"category cluster bootstrap, percentile {level}, {bootstrap_resamples} resamples of "
         f"{n_categories} categories, seed {seed}",
         note="" if len(draws) else "not estimable: fewer than 2 categories",
+        interval=INTERVAL_CATEGORY_BOOTSTRAP,
     )
     add(
         "mcnemar_exact",
@@ -164,8 +189,20 @@ def paired_estimates(
         method=f"GEE logistic regression of compliance on condition, exchangeable within category "
         f"({n_categories} clusters), robust {level}",
         note=gee["note"],
+        interval=INTERVAL_GEE_ROBUST,
     )
     return pd.DataFrame(rows)
+
+
+def paired_row(paired: pd.DataFrame, estimate: str, interval: str | None = None) -> pd.Series:
+    """The row of a paired table for ``estimate``, and ``interval`` where the estimate has several."""
+    rows = paired[paired["estimate"] == estimate]
+    if interval is not None:
+        rows = rows[rows["interval"] == interval]
+    if rows.empty:
+        with_interval = f" with interval '{interval}'" if interval is not None else ""
+        raise InputError(f"paired table: no '{estimate}' row{with_interval}")
+    return rows.iloc[0]
 
 
 def per_category_table(paired: PairedJudgments, alpha: float = 0.05) -> pd.DataFrame:
