@@ -130,7 +130,7 @@ def plot_kl_ecdf(tables: Sequence[pd.DataFrame], png: str | os.PathLike, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .figure_files import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     for ax, measure, label in zip(
@@ -154,9 +154,7 @@ def plot_kl_ecdf(tables: Sequence[pd.DataFrame], png: str | os.PathLike, title: 
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, [png], dpi=120)
 
 
 def kl_comparisons(tables: Mapping[str, Sequence[pd.DataFrame]], alpha: float, resamples: int, seed: int):
@@ -491,7 +489,7 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .figure_files import save_figure
 
     promptsets = [
         c.removeprefix("kl_answer_mean_")
@@ -533,9 +531,7 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
     axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, [png], dpi=120)
 
 
 def write_tradeoff(

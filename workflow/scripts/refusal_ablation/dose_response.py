@@ -208,7 +208,8 @@ def _panels(table: pd.DataFrame) -> list[tuple[str, str, str | None, str | None]
 def plot_dose_response(table: pd.DataFrame, baseline_rate: float, out_paths, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    from .figures import EDITED_COLOURS, save_figure
+    from .figure_files import save_figure
+    from .figures import EDITED_COLOURS
 
     panels = _panels(table)
     columns = min(len(panels), 3)

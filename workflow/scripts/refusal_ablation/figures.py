@@ -7,10 +7,8 @@ deficiency; the flip table uses the perceptually uniform, colour-blind-safe "civ
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -22,13 +20,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import CONDITION_BASELINE  # noqa: E402
-from .io import InputError, atomic_path  # noqa: E402
+from .figure_files import save_figure  # noqa: E402
+from .io import InputError  # noqa: E402
 from .stats.categories import category_label  # noqa: E402
 from .stats.estimators import level_text  # noqa: E402
 from .stats.pairing import read_answer_lengths  # noqa: E402
 from .stats.tables import INTERVAL_PAIRED_WALD, JUDGMENT_LEVELS  # noqa: E402
-
-logger = logging.getLogger(__name__)
 
 # Okabe & Ito (2008) colour-blind-safe palette.
 OKABE_ITO = {
@@ -42,12 +39,10 @@ OKABE_ITO = {
 }
 BASELINE_COLOUR = OKABE_ITO["blue"]
 EDITED_COLOURS = [OKABE_ITO[name] for name in ("vermillion", "bluish_green", "reddish_purple", "orange")]
-SAVE_FORMATS = {".png", ".svg", ".pdf"}
 
 plt.rcParams.update(
     {
         "svg.fonttype": "none",  # keep SVG text as text: searchable and smaller
-        "svg.hashsalt": "refusal-ablation",  # stable element ids across runs
         "axes.titleweight": "bold",
     }
 )
@@ -60,25 +55,6 @@ def condition_colours(conditions: Sequence[str]) -> dict[str, str]:
         if condition not in colours:
             colours[condition] = BASELINE_COLOUR if condition == CONDITION_BASELINE else next(edited)
     return colours
-
-
-def save_figure(fig: plt.Figure, paths: Sequence[str | os.PathLike]) -> None:
-    """Write the figure to every path, format from the suffix, atomically; then close it."""
-    if not paths:
-        raise ValueError("no output path given for the figure")
-    for path in paths:
-        suffix = Path(path).suffix.lower()
-        if suffix not in SAVE_FORMATS:
-            raise ValueError(f"{path}: figure format must be one of {sorted(SAVE_FORMATS)}")
-        with atomic_path(path, suffix=suffix) as tmp:
-            fig.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight", metadata=_metadata(suffix))
-        logger.info("wrote %s", path)
-    plt.close(fig)
-
-
-def _metadata(suffix: str) -> dict:
-    # No creation date, so that reruns on the same tables give the same files.
-    return {"Date": None} if suffix in (".svg", ".pdf") else {}
 
 
 def read_table(path: str | os.PathLike, required: Sequence[str]) -> pd.DataFrame:
