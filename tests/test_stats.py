@@ -417,7 +417,9 @@ def test_bad_score_in_file_names_file_and_line(tmp_path):
 def test_different_question_sets_fail():
     judgments = base_judgments()
     dropped = judgments[~((judgments["question_id"] == 2) & (judgments["condition"] == EDITED))]
-    with pytest.raises(InputError, match="different questions: only in 'baseline': \\[2\\]"):
+    with pytest.raises(
+        InputError, match="different questions; 'edited_reference' against 'baseline': missing question ids: 2"
+    ):
         pair_judgments(dropped)
 
 
@@ -426,9 +428,7 @@ def test_questions_not_matching_the_question_file_fail(tmp_path):
     questions, paths = write_inputs(tmp_path, judgments)
     lines = questions.read_text().splitlines()
     questions.write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(
-        InputError, match="do not match the question file: not judged \\[\\].*not in the question file \\[6\\]"
-    ):
+    with pytest.raises(InputError, match="do not match the question file: ids that are not questions: 6"):
         read_judgment_pair(paths["baseline"], paths[EDITED], questions_jsonl=questions)
 
 
@@ -446,7 +446,10 @@ def test_lengths_covering_other_questions_fail(tmp_path):
     frame = pd.read_csv(paths["baseline_lengths"])
     frame.loc[0, "question_id"] = 99
     frame.to_csv(paths["baseline_lengths"], index=False)
-    with pytest.raises(InputError, match="baseline.lengths.csv: answers cover"):
+    with pytest.raises(
+        InputError,
+        match=r"baseline.lengths.csv: answers cover other questions.*missing question ids: 1; ids that are not",
+    ):
         write_stats(
             baseline_judgments=paths["baseline"],
             edited_judgments=paths[EDITED],

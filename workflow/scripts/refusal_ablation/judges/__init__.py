@@ -19,39 +19,17 @@ import itertools
 import logging
 import math
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..io import JUDGMENT_COLUMNS, InputError, answer_text, read_answers, read_judgments, write_csv
+from ..question_ids import id_mismatch
 
 log = logging.getLogger(__name__)
 
 REFUSAL, COMPLIANCE = 0, 1
-
-
-def describe_ids(ids: Sequence[int], limit: int = 20) -> str:
-    shown = ", ".join(str(i) for i in ids[:limit])
-    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
-
-
-def id_mismatch(expected: Iterable[int], found: Sequence[int]) -> str | None:
-    """Say which ids are missing, extra or repeated; None when ``found`` has each expected id once."""
-    expected_set = set(expected)
-    counts = Counter(found)
-    missing = sorted(expected_set - counts.keys())
-    extra = sorted(counts.keys() - expected_set)
-    repeated = sorted(i for i, n in counts.items() if n > 1 and i in expected_set)
-    problems = []
-    if missing:
-        problems.append(f"missing question ids: {describe_ids(missing)}")
-    if extra:
-        problems.append(f"ids that are not questions: {describe_ids(extra)}")
-    if repeated:
-        problems.append(f"question ids given more than once: {describe_ids(repeated)}")
-    return "; ".join(problems) or None
 
 
 def answers_by_question(answers_path: str | os.PathLike, questions: list[dict], condition: str) -> dict[int, str]:

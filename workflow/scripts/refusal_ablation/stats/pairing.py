@@ -14,6 +14,7 @@ import pandas as pd
 
 from .. import CONDITION_BASELINE
 from ..io import InputError, read_answer_table, read_judgments, read_questions
+from ..question_ids import id_mismatch
 
 
 @dataclass(frozen=True)
@@ -129,12 +130,11 @@ def pair_judgments(
         for name in (CONDITION_BASELINE, edited_condition)
     }
     base, edit = by_condition[CONDITION_BASELINE], by_condition[edited_condition]
-    only_base = sorted(set(base.index) - set(edit.index))
-    only_edit = sorted(set(edit.index) - set(base.index))
-    if only_base or only_edit:
+    problem = id_mismatch(base.index, edit.index.tolist())
+    if problem:
         raise InputError(
-            f"{source}: the two conditions judged different questions: only in '{CONDITION_BASELINE}': "
-            f"{only_base[:10]} ({len(only_base)}), only in '{edited_condition}': {only_edit[:10]} ({len(only_edit)})"
+            f"{source}: the two conditions judged different questions; "
+            f"'{edited_condition}' against '{CONDITION_BASELINE}': {problem}"
         )
     ids_sorted = sorted(base.index)
     category_mismatch = [q for q in ids_sorted if base.at[q, "category"] != edit.at[q, "category"]]
@@ -146,13 +146,9 @@ def pair_judgments(
         )
     if questions is not None:
         expected = {int(r["question_id"]): str(r["category"]) for r in questions}
-        not_judged = sorted(set(expected) - set(ids_sorted))
-        not_asked = sorted(set(ids_sorted) - set(expected))
-        if not_judged or not_asked:
-            raise InputError(
-                f"{source}: judged questions do not match the question file: not judged {not_judged[:10]} "
-                f"({len(not_judged)}), not in the question file {not_asked[:10]} ({len(not_asked)})"
-            )
+        problem = id_mismatch(expected, ids_sorted)
+        if problem:
+            raise InputError(f"{source}: judged questions do not match the question file: {problem}")
         wrong_category = [q for q in ids_sorted if expected[q] != base.at[q, "category"]]
         if wrong_category:
             q = wrong_category[0]

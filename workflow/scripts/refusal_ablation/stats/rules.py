@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 from ..io import InputError, atomic_path, write_csv
+from ..question_ids import id_mismatch
 from .pairing import PairedJudgments, read_answer_lengths, read_judgment_pair
 from .summary import format_percent, summary_html, summary_markdown, summary_sentences
 from .tables import (
@@ -64,11 +65,9 @@ def write_stats(
     length_tables = []
     for path, condition in ((baseline_lengths, pairs.baseline_condition), (edited_lengths, pairs.edited_condition)):
         table = read_answer_lengths(path, condition)
-        if set(table["question_id"]) != question_ids:
-            raise InputError(
-                f"{path}: answers cover questions {len(set(table['question_id']))}, judgments cover "
-                f"{len(question_ids)}; differing ids {sorted(set(table['question_id']) ^ question_ids)[:10]}"
-            )
+        problem = id_mismatch(question_ids, table["question_id"].tolist())
+        if problem:
+            raise InputError(f"{path}: answers cover other questions than the judgments: {problem}")
         length_tables.append(table)
 
     overall_frame = overall_table(pairs, alpha)
