@@ -50,7 +50,7 @@ from ..io import (
     write_jsonl,
 )
 from ..question_ids import describe_ids, id_mismatch
-from . import answers_by_question, judgment_table
+from .records import answers_by_question, judgment_table
 
 log = logging.getLogger(__name__)
 
