@@ -11,8 +11,9 @@ import pytest
 from scipy.stats import binomtest
 from statsmodels.stats.proportion import proportion_confint
 
+from refusal_ablation.benchmark import CATEGORY_NAMES
 from refusal_ablation.io import InputError
-from refusal_ablation.stats.categories import CATEGORY_NAMES, category_label
+from refusal_ablation.stats.categories import category_label
 from refusal_ablation.stats.estimators import (
     category_bootstrap_interval,
     cohens_h,

@@ -20,7 +20,7 @@ The public names are re-exported here, so ``stats.wilson_interval`` works as wel
 ``stats.estimators.wilson_interval``.
 """
 
-from .categories import CATEGORY_NAMES, category_domain, category_label, category_name, category_sort_key
+from .categories import category_domain, category_label, category_name, category_sort_key
 from .estimators import (
     category_bootstrap_interval,
     cohens_h,
@@ -54,7 +54,6 @@ from .tables import (
 )
 
 __all__ = [
-    "CATEGORY_NAMES",
     "DESCRIPTIVE_NOTE",
     "JUDGMENT_LEVELS",
     "PairedJudgments",
