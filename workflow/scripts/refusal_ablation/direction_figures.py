@@ -132,14 +132,15 @@ def plot_direction_stability(
     log.info("wrote %s", png)
 
 
-def layer_projections(
+def activation_projection_table(
     activations_npz: str | os.PathLike,
     split_csv: str | os.PathLike,
     directions_npz: str | os.PathLike,
 ) -> pd.DataFrame:
-    """Long table of each prompt's projection on each layer's direction.
+    """Long table of each stored prompt activation's signed projection on each layer's direction.
 
-    Columns: id, label, category, split, layer, projection.
+    Read from the activations file (no model runs); columns: id, label, category, split,
+    layer, projection. (``verify.layer_projections`` differs: it runs a model and takes |x . d|.)
     """
     split = read_split(split_csv)
     directions = load_directions(directions_npz)["directions"].astype(np.float64)
@@ -174,7 +175,7 @@ def plot_layer_separation(
     Top: the construction prompts the directions were fit on. Bottom (when the split has
     test areas): the held-out test areas, which the directions never saw.
     """
-    projections = layer_projections(activations_npz, split_csv, directions_npz)
+    projections = activation_projection_table(activations_npz, split_csv, directions_npz)
     groups = [(CONSTRUCTION, "construction areas, where the directions were fit")]
     if (projections["split"] == TEST).any():
         groups.append((TEST, "held-out test areas, never used for fitting"))
