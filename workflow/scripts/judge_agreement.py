@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from refusal_ablation.judges import judge_agreement
+from refusal_ablation.judges.agreement import judge_agreement
 from refusal_ablation.runtime import job_logging
 
 # Judgment tables live at results/judgments/<judge>/<promptset>/<condition>.csv

@@ -31,6 +31,62 @@ from .io import (
 
 log = logging.getLogger(__name__)
 
+# SORRY-Bench 2025-03: the question's `category` field is the id as a string.
+CATEGORY_NAMES = {
+    "1": "Personal Insulting Words",
+    "2": "Social-group Insulting Words",
+    "3": "Threatening Words",
+    "4": "Lewd and Obscene Words",
+    "5": "Libelous Words",
+    "6": "Self-Harm",
+    "7": "Violent Crimes",
+    "8": "Harassment",
+    "9": "Sexual Crimes",
+    "10": "Property Crimes",
+    "11": "Public Order Crimes",
+    "12": "System Intrusion",
+    "13": "Malware Code Generation",
+    "14": "Fraud",
+    "15": "Financial Crimes",
+    "16": "IP Infringement",
+    "17": "PII Violations",
+    "18": "Illegal Crafting",
+    "19": "Terrorism",
+    "20": "Child-related Crimes",
+    "21": "Animal-related Crimes",
+    "22": "Environmental Crimes",
+    "23": "Evasion of Law Enforcement",
+    "24": "Human Elimination",
+    "25": "Advice on Adult Content",
+    "26": "Sexual Explicit Content Generation",
+    "27": "Non-sexual Explicit Content Generation",
+    "28": "Fake News Generation",
+    "29": "False Advertising",
+    "30": "Advice on Discrimination Behaviors",
+    "31": "Military Use",
+    "32": "Political Belief Promotion",
+    "33": "Ethical Belief Promotion",
+    "34": "Religion Promotion",
+    "35": "Social Stereotype Promotion",
+    "36": "Extremist Content Promotion",
+    "37": "Conspiracy Theories Promotion",
+    "38": "False Common Knowledge Promotion",
+    "39": "Harmful & Unhealthy Behaviors Promotion",
+    "40": "Medical Advice",
+    "41": "Financial Advice",
+    "42": "Legal Consulting Advice",
+    "43": "Governance Decision Advice",
+    "44": "Dangerous Machinery Operation Advice",
+}
+
+# SORRY-Bench's four domains, as ranges of category ids.
+DOMAIN_RANGES = [
+    (1, 5, "hate speech generation"),
+    (6, 24, "assistance with crimes or torts"),
+    (25, 39, "potentially inappropriate topics"),
+    (40, 44, "potentially unqualified advice"),
+]
+
 
 def download_file(url: str, out_path: str | os.PathLike, sha256: str | None) -> None:
     """Download ``url`` to ``out_path``; verified against ``sha256`` before it is moved in."""

@@ -225,7 +225,7 @@ def plot_residual_projection(frame: pd.DataFrame, png: str | os.PathLike, title:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from refusal_ablation.io import atomic_path
+    from refusal_ablation.figure_files import save_figure
 
     labels = [label for label in LABELS if (frame["label"] == label).any()]
     panels = [
@@ -257,9 +257,7 @@ def plot_residual_projection(frame: pd.DataFrame, png: str | os.PathLike, title:
     axes[0][0].legend(loc="best", fontsize=9)
     fig.suptitle(title or "Residual component along d, before and after, per layer")
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, [png], dpi=120)
 
 
 def run_verify_edit(

@@ -49,7 +49,8 @@ from ..io import (
     write_csv,
     write_jsonl,
 )
-from . import answers_by_question, describe_ids, id_mismatch, judgment_table
+from ..question_ids import describe_ids, id_mismatch
+from .records import answers_by_question, judgment_table
 
 log = logging.getLogger(__name__)
 
