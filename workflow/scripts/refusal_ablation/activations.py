@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from . import io
-from .modeling import encode_chat, load_model
+from .loading import encode_chat, load_model
 from .prefix import SharedPrefix, left_padded_batch, prefix_to_share
 from .split import read_split
 

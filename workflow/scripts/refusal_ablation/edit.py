@@ -51,7 +51,7 @@ METHODS = ("reference", "norm_aware", "arditi")
 COLLAPSE_RTOL = 1e-6
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 CONFIG_FILE = "config.json"
-BASE_PROVENANCE = "provenance.json"  # written by modeling.prepare_model; describes the unedited model
+BASE_PROVENANCE = "provenance.json"  # written by model_prep.prepare_model; describes the unedited model
 EDIT_RECORD = "edit.json"
 
 
@@ -292,7 +292,7 @@ def checkpoint_dtype(model_dir: str | os.PathLike) -> str:
 
 def load_checkpoint(model_dir: str | os.PathLike):
     """The checkpoint's full model (multimodal parts included) in its own dtype, on CPU."""
-    from refusal_ablation.modeling import load_model
+    from refusal_ablation.loading import load_model
 
     model, _ = load_model(model_dir, dtype=checkpoint_dtype(model_dir), device="cpu")
     return model

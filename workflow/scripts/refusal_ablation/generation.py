@@ -23,7 +23,7 @@ import pandas as pd
 from . import io
 from .benchmark import shard_indices
 from .engine import iter_greedy
-from .modeling import context_window, encode_chat, load_model, model_identity, resolve_device, stop_token_ids
+from .loading import context_window, encode_chat, load_model, model_identity, resolve_device, stop_token_ids
 
 log = logging.getLogger(__name__)
 

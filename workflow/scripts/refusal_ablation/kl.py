@@ -234,7 +234,7 @@ def run_kl(
     threads: int | None = None,
 ) -> pd.DataFrame:
     """The ``kl_divergence`` rule: per-prompt KL of one edit on one harmless prompt set."""
-    from .modeling import encode_chat, load_model, resolve_device
+    from .loading import encode_chat, load_model, resolve_device
 
     if int(max_tokens) < 0:
         raise InputError(f"config cost.kl.max_tokens must be >= 0, got {max_tokens}")

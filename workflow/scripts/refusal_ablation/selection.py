@@ -141,7 +141,7 @@ def score_candidates(
 ) -> pd.DataFrame:
     """One row per layer: refusal score and harmless KL with that layer's direction ablated."""
     from .architecture import find_decoder_stack
-    from .modeling import encode_chat
+    from .loading import encode_chat
 
     if not harmful or not harmless:
         raise ValueError("direction selection needs held-out unsafe and safe prompts; got none of one kind")
@@ -219,7 +219,7 @@ def run_selection(
     """Score every candidate layer on the held-out construction prompts and write the choice."""
     from . import io
     from .edit import read_directions
-    from .modeling import load_model
+    from .loading import load_model
     from .split import first_per_area_and_label, read_split
 
     directions = read_directions(directions_npz)

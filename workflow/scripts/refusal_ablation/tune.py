@@ -115,7 +115,7 @@ def end_of_turn_id(tokenizer, stop_ids: Sequence[int]) -> int:
     ``<end_of_turn>`` for Gemma), not whatever the tokenizer calls eos, and it must be a
     stop token, or the tuned model would learn to end its turn where generation runs on.
     """
-    from .modeling import end_of_turn_token
+    from .loading import end_of_turn_token
 
     token = end_of_turn_token(tokenizer)
     if token is None:
@@ -147,7 +147,7 @@ def build_examples(
 ) -> list[TrainingExample]:
     """Unsafe prompts -> the refusal sentence; safe prompts -> the model's own greedy answer."""
     from .engine import iter_greedy
-    from .modeling import encode_chat
+    from .loading import encode_chat
 
     eot = end_of_turn_id(tokenizer, stop_ids)
     prompt_ids = encode_chat(tokenizer, rows["prompt"].tolist())
@@ -297,7 +297,7 @@ def refusal_tune(
     """
     import torch
 
-    from .modeling import load_model, stop_token_ids
+    from .loading import load_model, stop_token_ids
 
     tune = validate_tune_settings(tune)
     rows = read_construction_rows(split_csv)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from refusal_ablation.edit import read_directions
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import encode_chat, load_model
+from refusal_ablation.loading import encode_chat, load_model
 from refusal_ablation.prefix import left_padded_batch
 from refusal_ablation.runtime import RateLogger
 from refusal_ablation.split import CONSTRUCTION, LABELS, first_per_area_and_label, read_split
