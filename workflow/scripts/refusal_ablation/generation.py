@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import io
-from .benchmark import shard_indices
 from .engine import iter_greedy
 from .loading import context_window, encode_chat, load_model, model_identity, resolve_device, stop_token_ids
+from .shards import shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ShardSummary:
 
 
 def shard_questions(questions: list[dict], shard: int, n_shards: int) -> list[dict]:
-    """Round robin (see ``benchmark.shard_indices``): keeps shard sizes within one."""
+    """Round robin (see ``shards.shard_indices``): keeps shard sizes within one."""
     return [questions[i] for i in shard_indices(len(questions), shard, n_shards)]
 
 

@@ -145,8 +145,8 @@ def _prepare_local(spec: dict, staging: Path, downloads: Path) -> dict:
 
 
 def hub_error_message(exc: BaseException, repo_id: str, revision: str | None, token_set: bool) -> str:
-    """One actionable message for a failed Hub download of the model (see ``hub.py``)."""
-    from .hub import hub_failure_message
+    """One actionable message for a failed Hub download of the model (see ``downloads.py``)."""
+    from .downloads import hub_failure_message
 
     return hub_failure_message(
         exc, "the model", repo_id, revision, token_set, config_key="model.repo_id / model.revision"

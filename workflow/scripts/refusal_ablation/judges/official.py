@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..hub import HubAccessError
+from ..downloads import HubAccessError
 from ..io import (
     InputError,
     answer_record,
@@ -210,8 +210,8 @@ def duplicate_weight_patterns(repo_files: list[str]) -> list[str]:
 
 
 def judge_download_message(repo_id: str, revision: str, token_set: bool, exc: BaseException) -> str:
-    """The shared Hub failure message (``hub.py``) for the judge weights."""
-    from ..hub import hub_failure_message
+    """The shared Hub failure message (``downloads.py``) for the judge weights."""
+    from ..downloads import hub_failure_message
 
     return hub_failure_message(
         exc, "the SORRY-Bench judge", repo_id, revision, token_set, config_key="official_judge.judge_model"
@@ -232,7 +232,7 @@ def download_judge(
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    from ..hub import failure_reason
+    from ..downloads import failure_reason
 
     token = token or os.environ.get("HF_TOKEN") or None
     destination = Path(destination)
