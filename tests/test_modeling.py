@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from refusal_ablation.downloads import hub_failure_message
 from refusal_ablation.io import InputError
 from refusal_ablation.loading import context_window, encode_chat, end_of_turn_token, load_model, stop_token_ids
-from refusal_ablation.model_prep import ModelSourceError, fix_chat_special_tokens, hub_error_message, prepare_model
+from refusal_ablation.model_prep import ModelSourceError, fix_chat_special_tokens, prepare_model
 from tiny_models import (
     build_tiny_gemma3,
     build_tiny_gemma4,
@@ -147,10 +148,10 @@ def test_hub_error_for_a_gated_repo_says_which_page_to_accept():
     url = "https://huggingface.co/api/models/google/gemma-4-E4B-it/revision/main"
     response = httpx.Response(401, request=httpx.Request("GET", url))
     exc = GatedRepoError("Access to model google/gemma-4-E4B-it is restricted.", response=response)
-    message = hub_error_message(exc, "google/gemma-4-E4B-it", "fee6332c", token_set=False)
+    message = hub_failure_message(exc, "the model", "google/gemma-4-E4B-it", "fee6332c", token_set=False)
     assert "https://huggingface.co/google/gemma-4-E4B-it" in message
     assert "HF_TOKEN is not set" in message and "accept" in message
-    assert "no access" in hub_error_message(exc, "google/gemma-4-E4B-it", "fee6332c", token_set=True)
+    assert "no access" in hub_failure_message(exc, "the model", "google/gemma-4-E4B-it", "fee6332c", token_set=True)
 
 
 def test_prepare_model_huggingface_failure_is_one_clear_error(tmp_path, monkeypatch):

@@ -44,6 +44,10 @@ class HubAccessError(RuntimeError):
     """A Hub download failed; the message says what was fetched, why, and what to do."""
 
 
+class GatedAccessError(HubAccessError):
+    """A Hub download failed because access to a gated repository is missing."""
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
     seen, out = set(), []
     while exc is not None and id(exc) not in seen:

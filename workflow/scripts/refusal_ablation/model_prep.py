@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .io import InputError, atomic_dir, atomic_path, sha256_file
+from .io import InputError, atomic_dir, atomic_path, materialise_dir, sha256_file
 from .loading import (
     END_OF_TURN_PROBE,
     as_torch_dtype,
@@ -112,27 +112,6 @@ def _transformers_version() -> str:
         return "unknown"
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # a hard link costs no space: checkpoints of several GB are not duplicated
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def materialise_dir(source: Path, target: Path) -> int:
-    """Copy (hard-link where possible) every non-hidden file of ``source`` into ``target``."""
-    count = 0
-    for path in sorted(source.rglob("*")):
-        rel = path.relative_to(source)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-            continue
-        _link_or_copy(path.resolve(), target / rel)
-        count += 1
-    return count
-
-
 def _prepare_local(spec: dict, staging: Path, downloads: Path) -> dict:
     source = Path(_require(spec, "path"))
     check_checkpoint(source, f"config model.path ({source})")
@@ -144,17 +123,10 @@ def _prepare_local(spec: dict, staging: Path, downloads: Path) -> dict:
 # ---------------------------------------------------------------- Hugging Face
 
 
-def hub_error_message(exc: BaseException, repo_id: str, revision: str | None, token_set: bool) -> str:
-    """One actionable message for a failed Hub download of the model (see ``downloads.py``)."""
-    from .downloads import hub_failure_message
-
-    return hub_failure_message(
-        exc, "the model", repo_id, revision, token_set, config_key="model.repo_id / model.revision"
-    )
-
-
 def _prepare_huggingface(spec: dict, staging: Path, downloads: Path) -> dict:
     from huggingface_hub import snapshot_download
+
+    from .downloads import hub_failure_message
 
     repo_id = _require(spec, "repo_id")
     revision = spec.get("revision")
@@ -167,7 +139,10 @@ def _prepare_huggingface(spec: dict, staging: Path, downloads: Path) -> dict:
             repo_id, revision=revision, token=token, cache_dir=cache, allow_patterns=HUB_FILE_PATTERNS
         )
     except Exception as exc:
-        raise ModelSourceError(hub_error_message(exc, repo_id, revision, token is not None)) from exc
+        message = hub_failure_message(
+            exc, "the model", repo_id, revision, token is not None, config_key="model.repo_id / model.revision"
+        )
+        raise ModelSourceError(message) from exc
     log.info("download done (%.1f s)", time.monotonic() - start)
     count = materialise_dir(Path(snapshot), staging)
     log.info("materialised %d files", count)
