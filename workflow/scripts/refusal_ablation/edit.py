@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from refusal_ablation.architecture import norm_scale, residual_writers
+from refusal_ablation.directions import read_directions
 from refusal_ablation.io import InputError, atomic_dir
 from refusal_ablation.variants import METHOD_COMPONENTS, selected_layers
 
@@ -258,20 +259,6 @@ def check_edit(plan: list[PlannedEdit], original_norms: dict[str, torch.Tensor])
                 problems.append(f"{item.name}: column norms changed by up to {float(drift):.3g} (relative)")
     if problems:
         raise EditError("edited checkpoint does not hold the edit:\n" + "\n".join(problems[:20]))
-
-
-def read_directions(path: str | os.PathLike) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if "directions" not in data.files:
-            raise InputError(f"{path}: no 'directions' array (has {data.files})")
-        directions = np.asarray(data["directions"], dtype=np.float32)
-    if directions.ndim != 2:
-        raise InputError(f"{path}: 'directions' must be [layers, hidden], got shape {directions.shape}")
-    norms = np.linalg.norm(directions, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if len(bad):
-        raise InputError(f"{path}: 'directions' rows {bad.tolist()[:10]} are zero or not finite")
-    return directions
 
 
 def checkpoint_dtype(model_dir: str | os.PathLike) -> str:

@@ -218,7 +218,7 @@ def run_selection(
 ) -> int:
     """Score every candidate layer on the held-out construction prompts and write the choice."""
     from . import io
-    from .edit import read_directions
+    from .directions import read_directions
     from .loading import load_model
     from .split import first_per_area_and_label, read_split
 

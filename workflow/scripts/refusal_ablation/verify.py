@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from refusal_ablation.edit import read_directions
+from refusal_ablation.directions import read_directions
 from refusal_ablation.io import InputError
 from refusal_ablation.loading import encode_chat, load_model
 from refusal_ablation.prefix import left_padded_batch
