@@ -17,6 +17,7 @@ from .io import (
     validate_questions,
     write_jsonl,
 )
+from .split import TEST, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,7 @@ def prepare_benchmark_questions(spec: dict, out_path: str | os.PathLike) -> int:
 
 def heldout_questions(split_csv: str | os.PathLike, out_path: str | os.PathLike) -> int:
     """The held-out test areas of the construction split, as questions (with their label)."""
-    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    test = split[split["split"] == "test"]
-    if test.empty:
-        raise InputError(f"{split_csv}: no held-out test rows")
+    test = split_rows(split_csv, TEST)
     records = [
         {
             "question_id": number,

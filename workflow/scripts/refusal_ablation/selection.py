@@ -220,11 +220,10 @@ def run_selection(
     from . import io
     from .directions import read_directions
     from .loading import load_model
-    from .split import first_per_area_and_label, read_split
+    from .split import TEST, split_rows
 
     directions = read_directions(directions_npz)
-    split = read_split(split_csv)
-    held_out = first_per_area_and_label(split[split["split"] == "test"], selection.get("prompts_per_label_per_area"))
+    held_out = split_rows(split_csv, TEST, selection.get("prompts_per_label_per_area"))
     harmful = held_out[held_out["label"] == "unsafe"]["prompt"].tolist()
     harmless = held_out[held_out["label"] == "safe"]["prompt"].tolist()
     log.info("selection on %d held-out unsafe and %d safe prompts", len(harmful), len(harmless))

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .io import InputError, atomic_dir, read_questions, write_csv
-from .split import first_per_area_and_label, read_split
+from .split import CONSTRUCTION, first_per_area_and_label, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +41,6 @@ class TrainingExample:
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def read_construction_rows(split_csv: str | os.PathLike) -> pd.DataFrame:
-    """The construction-split rows of the split file (in file order), validated."""
-    frame = read_split(split_csv)
-    rows = frame[frame["split"] == "construction"]
-    if rows.empty:
-        raise InputError(f"{split_csv}: no rows with split == 'construction' to tune on")
-    bad_label = rows.index[~rows["label"].isin(["safe", "unsafe"])]
-    if len(bad_label):
-        raise InputError(
-            f"{split_csv}: column 'label' must be safe or unsafe; bad rows (file lines) "
-            f"{[int(i) + 2 for i in bad_label[:10]]}"
-        )
-    for label in ("safe", "unsafe"):
-        if not (rows["label"] == label).any():
-            raise InputError(f"{split_csv}: the construction split has no '{label}' prompts")
-    return rows.reset_index(drop=True)
 
 
 def _normalised(text: str) -> str:
@@ -300,7 +282,7 @@ def refusal_tune(
     from .loading import load_model, stop_token_ids
 
     tune = validate_tune_settings(tune)
-    rows = read_construction_rows(split_csv)
+    rows = split_rows(split_csv, CONSTRUCTION)
     if benchmark_questions is not None:
         questions = read_questions(benchmark_questions)
         check_disjoint_from_benchmark(rows, questions, str(split_csv), str(benchmark_questions))

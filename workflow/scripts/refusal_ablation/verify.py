@@ -35,7 +35,7 @@ from refusal_ablation.io import InputError
 from refusal_ablation.loading import encode_chat, load_model
 from refusal_ablation.prefix import left_padded_batch
 from refusal_ablation.runtime import RateLogger
-from refusal_ablation.split import CONSTRUCTION, LABELS, first_per_area_and_label, read_split
+from refusal_ablation.split import CONSTRUCTION, LABELS, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,6 @@ PROJECTION_COLUMNS = [
     "baseline_mean_norm",
     "edited_mean_norm",
 ]
-
-
-def construction_prompts(split_csv: str | os.PathLike, per_label_per_area: int | None = None) -> pd.DataFrame:
-    """Construction-split rows (all, or the first ``per_label_per_area`` of each area and label)."""
-    split = read_split(split_csv)
-    rows = split[split["split"] == CONSTRUCTION]
-    if rows.empty:
-        raise InputError(f"{split_csv}: no rows with split == {CONSTRUCTION}")
-    bad = rows.index[~rows["label"].isin(LABELS)]
-    if len(bad):
-        raise InputError(f"{split_csv}: 'label' must be safe or unsafe; bad line(s) {(bad + 2).tolist()[:20]}")
-    return first_per_area_and_label(rows.reset_index(drop=True), per_label_per_area)
 
 
 def layer_projections(
@@ -164,7 +152,7 @@ def residual_projection(
     """Per measure, layer, label and position: mean |x . d_l| before and after the edit, and the ratio."""
     import gc
 
-    prompts = construction_prompts(split_csv, prompts_per_label_per_area)
+    prompts = split_rows(split_csv, CONSTRUCTION, prompts_per_label_per_area)
     directions = read_directions(directions_npz)
     measured = {}
     for condition, model_dir in (("baseline", model_dir_baseline), ("edited", model_dir_edited)):
