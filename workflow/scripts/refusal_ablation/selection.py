@@ -27,7 +27,6 @@ applied here.)
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -109,10 +108,11 @@ def first_answer_log_probs(model, tokenizer, encoded: list[list[int]], batch_siz
     """float32 [n, vocab] log-probabilities of the first answer token for each encoded prompt."""
     import torch
 
+    from .architecture import accepts_logits_to_keep
     from .prefix import left_padded_batch
 
     device = next(model.parameters()).device
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     rows = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):

@@ -10,7 +10,6 @@ benchmark stay unseen, which is what makes the later measurements meaningful.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -188,7 +187,9 @@ def answer_loss(model, input_ids, attention, labels):
     import torch
     import torch.nn.functional as F
 
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    from .architecture import accepts_logits_to_keep
+
+    if not accepts_logits_to_keep(model):
         return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
     labelled = labels != IGNORE_INDEX
     if not bool(labelled[:, 1:].any()):

@@ -22,7 +22,6 @@ for scale. A ratio near 0 means the edit removed the direction there; near 1, no
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -61,7 +60,7 @@ def layer_projections(
     """Per prompt and layer, keyed (measure, "proj" | "norm", position): |x . d_l| and |x|."""
     import torch
 
-    from refusal_ablation.architecture import residual_writers
+    from refusal_ablation.architecture import accepts_logits_to_keep, residual_writers
 
     structure = residual_writers(model)
     stack = structure.stack
@@ -104,7 +103,7 @@ def layer_projections(
             module = writer.norm if writer.norm is not None else writer.linear
             hooks.append(module.register_forward_hook(add_write(writer.layer)))
     order = sorted(range(n), key=lambda i: len(encoded[i]))
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     progress = RateLogger(log, n, "prompts")
     try:
         for start in range(0, n, batch_size):
