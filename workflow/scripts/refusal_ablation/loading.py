@@ -225,7 +225,7 @@ def context_window(model) -> int:
     raise InputError(f"{type(model.config).__name__}: no context window in the model config")
 
 
-def model_identity(model_dir: str | os.PathLike) -> dict:
+def checkpoint_fingerprint(model_dir: str | os.PathLike) -> dict:
     """Cheap fingerprint of a checkpoint dir: name, size and mtime of every file (no hashing
     of multi-GB weights), enough to tell a rebuilt or different model apart."""
     model_dir = Path(model_dir)
