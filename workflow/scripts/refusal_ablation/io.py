@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -310,7 +309,3 @@ def load_activations(path: str | os.PathLike, ids: Iterable[str]) -> np.ndarray:
         if missing:
             raise InputError(f"{path}: no activations for prompt id(s) {missing[:10]}")
         return np.stack([data[i] for i in ids]).astype(np.float32, copy=False)
-
-
-def is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
