@@ -6,13 +6,11 @@ import pandas as pd
 import pytest
 
 from refusal_ablation.benchmark import (
-    download_file,
-    gather_answers,
     heldout_questions,
     prepare_benchmark_questions,
     read_benchmark_file,
-    shard_indices,
 )
+from refusal_ablation.downloads import download_file
 from refusal_ablation.io import (
     InputError,
     answer_record,
@@ -22,6 +20,7 @@ from refusal_ablation.io import (
     write_csv,
     write_jsonl,
 )
+from refusal_ablation.shards import gather_answers, shard_indices
 
 
 def questions(n):

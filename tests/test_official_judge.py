@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from refusal_ablation.downloads import GatedAccessError
 from refusal_ablation.io import (
     JUDGMENT_COLUMNS,
     InputError,
@@ -32,7 +33,6 @@ from refusal_ablation.io import (
 from refusal_ablation.judges.official import (
     JUDGE_CHECKPOINT,
     OFFICIAL_FILES,
-    GatedAccessError,
     download_judge,
     duplicate_weight_patterns,
     export_official_layout,
