@@ -89,7 +89,7 @@ def test_gather_names_missing_questions(tmp_path):
     qpath = tmp_path / "q.jsonl"
     write_jsonl(qpath, questions(5))
     answers, lengths = write_shards(tmp_path, 4, 1)
-    with pytest.raises(InputError, match=r"missing question ids \[5\]"):
+    with pytest.raises(InputError, match=r"missing question ids: 5"):
         gather_answers(qpath, answers, lengths, tmp_path / "o.jsonl", tmp_path / "o.csv")
     assert not (tmp_path / "o.jsonl").exists()
 

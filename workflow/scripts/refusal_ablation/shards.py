@@ -21,6 +21,7 @@ from .io import (
     write_csv,
     write_jsonl,
 )
+from .question_ids import id_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,14 @@ def gather_answers(
                 raise InputError(f"{path}: question {qid} is also answered in another shard")
             by_id[qid] = record
     expected = [q["question_id"] for q in questions]
-    missing = sorted(set(expected) - set(by_id))
-    extra = sorted(set(by_id) - set(expected))
-    if missing or extra:
-        raise InputError(
-            f"answer shards {shard_answers} do not match {questions_path}: "
-            f"missing question ids {missing[:20]}, unknown ids {extra[:20]}"
-        )
-    write_jsonl(out_answers, (by_id[qid] for qid in expected))
+    problem = id_mismatch(expected, list(by_id))
+    if problem:
+        raise InputError(f"answer shards {shard_answers} do not match {questions_path}: {problem}")
     lengths = pd.concat([read_answer_table(p) for p in shard_lengths], ignore_index=True)
+    problem = id_mismatch(expected, lengths["question_id"].tolist())
+    if problem:
+        raise InputError(f"answer-length shards {shard_lengths} do not match {questions_path}: {problem}")
     lengths = lengths.set_index("question_id").loc[expected].reset_index()
+    write_jsonl(out_answers, (by_id[qid] for qid in expected))
     write_csv(out_lengths, lengths[ANSWER_TABLE_COLUMNS])
     log.info("gathered %d answers from %d shard(s)", len(expected), len(shard_answers))
