@@ -13,13 +13,17 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
+# the rule files in pipeline order; common.smk holds the config checks and input functions
 include: "workflow/rules/common.smk"
-include: "workflow/rules/model.smk"
+include: "workflow/rules/prepare_model.smk"
 include: "workflow/rules/construction.smk"
+include: "workflow/rules/directions.smk"
+include: "workflow/rules/edit.smk"
 include: "workflow/rules/answers.smk"
 include: "workflow/rules/judge.smk"
-include: "workflow/rules/stats.smk"
 include: "workflow/rules/cost.smk"
+include: "workflow/rules/stats.smk"
+include: "workflow/rules/figures.smk"
 
 
 # Cheap bookkeeping jobs run where Snakemake runs instead of waiting in a cluster queue.

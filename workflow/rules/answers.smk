@@ -1,3 +1,7 @@
+# Step 5, the answers: every prompt set as question records (benchmark, held-out, XSTest), and
+# each condition's greedy answers to them, generated in shards and gathered.
+
+
 rule benchmark_questions:
     input:
         local=ancient(local_benchmark()),
@@ -25,6 +29,35 @@ rule heldout_questions:
         "../envs/stats.yaml"
     script:
         "../scripts/heldout_questions.py"
+
+
+rule fetch_xstest:
+    output:
+        csv="resources/xstest/xstest_prompts.csv",
+    log:
+        "logs/fetch_xstest.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        url=lookup(dpath="cost/xstest/url", within=config, default=None),
+        sha256=lookup(dpath="cost/xstest/sha256", within=config, default=None),
+    script:
+        "../scripts/fetch_xstest.py"
+
+
+rule xstest_questions:
+    input:
+        csv=xstest_csv(),
+    output:
+        questions="results/questions/xstest.jsonl",
+    log:
+        "logs/xstest_questions.log",
+    conda:
+        "../envs/stats.yaml"
+    params:
+        sha256=lookup(dpath="cost/xstest/sha256", within=config, default=None),
+    script:
+        "../scripts/xstest_questions.py"
 
 
 rule generate_answers:

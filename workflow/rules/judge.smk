@@ -1,3 +1,6 @@
+# Step 6, judging: each answer file judged by each configured judge, and the judges' agreement.
+
+
 rule judge_strmatch:
     input:
         questions="results/questions/{promptset}.jsonl",
