@@ -13,7 +13,9 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
-# the rule files in pipeline order; common.smk holds the config checks and input functions
+# The rule files in pipeline order; common.smk holds the config checks and input functions.
+# Cheap bookkeeping rules say `localrule: True` where they are defined: they run where
+# Snakemake runs instead of waiting in a cluster queue.
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare_model.smk"
 include: "workflow/rules/construction.smk"
@@ -24,28 +26,6 @@ include: "workflow/rules/judge.smk"
 include: "workflow/rules/cost.smk"
 include: "workflow/rules/stats.smk"
 include: "workflow/rules/figures.smk"
-
-
-# Cheap bookkeeping jobs run where Snakemake runs instead of waiting in a cluster queue.
-localrules:
-    split,
-    gather_answers,
-    heldout_questions,
-    stats,
-    heldout_stats,
-    figures,
-    direction_figures,
-    judge_strmatch,
-    judge_agreement,
-    fetch_construction,
-    benchmark_questions,
-    fetch_xstest,
-    xstest_questions,
-    kl_summary,
-    kl_comparisons,
-    compare_conditions,
-    xstest_stats,
-    tradeoff,
 
 
 rule all:

@@ -9,6 +9,7 @@ rule benchmark_questions:
         questions="results/questions/benchmark.jsonl",
     log:
         "logs/benchmark_questions.log",
+    localrule: True
     conda:
         "../envs/torch.yaml"
     params:
@@ -25,6 +26,7 @@ rule heldout_questions:
         questions="results/questions/heldout.jsonl",
     log:
         "logs/heldout_questions.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     script:
@@ -36,6 +38,7 @@ rule fetch_xstest:
         csv="resources/xstest/xstest_prompts.csv",
     log:
         "logs/fetch_xstest.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -52,6 +55,7 @@ rule xstest_questions:
         questions="results/questions/xstest.jsonl",
     log:
         "logs/xstest_questions.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -93,6 +97,7 @@ rule gather_answers:
         lengths="results/answers/{promptset}/{condition}.lengths.csv",
     log:
         "logs/gather_answers/{promptset}/{condition}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     script:

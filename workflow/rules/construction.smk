@@ -7,6 +7,7 @@ rule fetch_construction:
         csv=DOWNLOADED_CONSTRUCTION,
     log:
         "logs/fetch_construction.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -23,6 +24,7 @@ rule split:
         split="results/split/prompt_split.csv",
     log:
         "logs/split.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:

@@ -50,6 +50,7 @@ rule kl_summary:
         ),
     log:
         "logs/kl_summary/{edit}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -73,6 +74,7 @@ rule kl_comparisons:
         ),
     log:
         "logs/kl_comparisons.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -101,6 +103,7 @@ rule compare_conditions:
         ),
     log:
         "logs/compare_conditions/{judge}/{promptset}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -132,6 +135,7 @@ rule xstest_stats:
         ),
     log:
         "logs/xstest_stats/{judge}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -160,6 +164,7 @@ rule tradeoff:
         ),
     log:
         "logs/tradeoff/{judge}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:

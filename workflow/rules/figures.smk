@@ -25,6 +25,7 @@ rule direction_figures:
         separation_svg="results/figures/directions/layer_separation.svg",
     log:
         "logs/direction_figures.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     script:
@@ -100,6 +101,7 @@ rule figures:
         answer_lengths_svg="results/figures/{judge}/{edit}/answer_lengths.svg",
     log:
         "logs/figures/{judge}/{edit}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     script:

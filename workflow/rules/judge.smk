@@ -9,6 +9,7 @@ rule judge_strmatch:
         judgments="results/judgments/strmatch/{promptset}/{condition}.csv",
     log:
         "logs/judge_strmatch/{promptset}/{condition}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     script:
@@ -99,6 +100,7 @@ rule judge_agreement:
         agreement="results/stats/judge_agreement/{promptset}.csv",
     log:
         "logs/judge_agreement/{promptset}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:

@@ -56,6 +56,7 @@ rule stats:
         ),
     log:
         "logs/stats/{judge}/{edit}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -81,6 +82,7 @@ rule heldout_stats:
         ),
     log:
         "logs/heldout_stats/{judge}/{edit}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
