@@ -64,6 +64,19 @@ rule xstest_questions:
         "../scripts/xstest_questions.py"
 
 
+# Answers come in generation.shards shards, one job each, gathered into one file per prompt set
+# and condition. Snakemake's own `scattergather` was weighed against this hand-made wiring and
+# not taken: it keeps the two guarantees that matter (the gather is byte-identical to an
+# unsharded run because gather_answers writes in the question file's order; a lost shard reruns that
+# shard alone, since each shard is its own file either way), but
+# - it numbers items 1-of-N, so every finished shard-0-of-1 file of an existing results
+#   directory would be missing and every answer job would rerun;
+# - its `{scatteritem}` wildcard is the string "1-of-N", which a param function would have to
+#   parse back into the shard index and count that generate_shard needs;
+# - `--set-scatter` on the command line can change the count behind the config (and its
+#   schema), so the count would live in two places.
+# Here the file name carries the index and the count (0-based, as generate_shard takes them),
+# the count comes from the config alone, and the wildcard constraints admit only this count.
 rule generate_answers:
     input:
         questions="results/questions/{promptset}.jsonl",
