@@ -76,6 +76,8 @@ rule judge_official:
     resources:
         gpu=GPUS_PER_JOB,
     params:
+        # answers and judgments in this order, one per condition
+        conditions=CONDITIONS,
         bench_name=lookup(
             dpath="official_judge/bench_name", within=config, default=None
         ),
@@ -89,13 +91,23 @@ rule judge_official:
         "../scripts/judge_official.py"
 
 
+def judgments_by_judge(wildcards):
+    """Each judge's tables of one prompt set, one per condition; keys prefixed, as an input
+    name must not shadow an attribute of Snakemake's input list."""
+    return {
+        f"judgments_{judge}": expand(
+            "results/judgments/{judge}/{promptset}/{condition}.csv",
+            judge=judge,
+            promptset=wildcards.promptset,
+            condition=CONDITIONS,
+        )
+        for judge in JUDGES
+    }
+
+
 rule judge_agreement:
     input:
-        judgments=expand(
-            "results/judgments/{judge}/{{promptset}}/{condition}.csv",
-            judge=JUDGES,
-            condition=CONDITIONS,
-        ),
+        unpack(judgments_by_judge),
     output:
         agreement="results/stats/judge_agreement/{promptset}.csv",
     log:
@@ -104,6 +116,6 @@ rule judge_agreement:
     conda:
         "../envs/stats.yaml"
     params:
-        judges=lookup(dpath="judges", within=config),
+        judges=JUDGES,
     script:
         "../scripts/judge_agreement.py"
