@@ -91,23 +91,18 @@ rule judge_official:
         "../scripts/judge_official.py"
 
 
-def judgments_by_judge(wildcards):
-    """Each judge's tables of one prompt set, one per condition; keys prefixed, as an input
-    name must not shadow an attribute of Snakemake's input list."""
-    return {
-        f"judgments_{judge}": expand(
-            "results/judgments/{judge}/{promptset}/{condition}.csv",
-            judge=judge,
-            promptset=wildcards.promptset,
-            condition=CONDITIONS,
-        )
-        for judge in JUDGES
-    }
-
-
 rule judge_agreement:
     input:
-        unpack(judgments_by_judge),
+        # each judge's tables by name; prefixed, as an input name must not shadow an
+        # attribute of Snakemake's input list
+        **{
+            f"judgments_{judge}": expand(
+                "results/judgments/{judge}/{{promptset}}/{condition}.csv",
+                judge=judge,
+                condition=CONDITIONS,
+            )
+            for judge in JUDGES
+        },
     output:
         agreement="results/stats/judge_agreement/{promptset}.csv",
     log:
