@@ -76,7 +76,7 @@ def test_direction_needs_both_labels_and_a_difference():
 
 
 def expected_layer_cosines(states, labels, areas, budgets, repeats, seed):
-    """The design doc's procedure, spelled out with row-wise fits."""
+    """The procedure of docs/design.md ("Direction per layer"), spelled out with row-wise fits."""
     area_names = np.array(sorted(set(areas)))
     rng = np.random.default_rng(seed)
     cosines = np.empty((len(budgets), repeats, states.shape[1]))

@@ -32,7 +32,7 @@ REFERENCE_AREAS = [
     "misinformation_impersonation_or_defamation",
     "sexual_content",
 ]
-# The construction areas the design doc gives for the reference split with seed 2445.
+# The construction areas docs/design.md gives for the reference split with seed 2445.
 REFERENCE_CONSTRUCTION_AREAS = [
     "extremist_or_terrorist_content",
     "hate_harassment_or_bullying",

@@ -59,13 +59,21 @@ SELECTION_DEFAULTS = {
 }
 
 
+def one_of(values):
+    """A wildcard constraint that matches exactly these values (and nothing longer)."""
+    return "|".join(re.escape(str(value)) for value in values)
+
+
+# Each wildcard matches only what this config can ask for: no path can be read two ways
+# (results/stats/judge_agreement/... is no judge's), and a stale name (an edit no longer
+# configured, a shard of another count) names no job.
 wildcard_constraints:
-    condition=r"baseline|edited_[A-Za-z0-9_]+",
-    edit="|".join(map(re.escape, EDITS)),
-    promptset="|".join(sorted(set(PROMPTSETS) | set(KL_PROMPTSETS))),
-    judge=r"[A-Za-z0-9_]+",
-    shard=r"\d+",
-    nshards=r"\d+",
+    condition=one_of(CONDITIONS),
+    edit=one_of(EDITS),
+    promptset=one_of(sorted(set(PROMPTSETS) | set(KL_PROMPTSETS))),
+    judge=one_of(JUDGES),
+    shard=one_of(range(N_SHARDS)),
+    nshards=one_of([N_SHARDS]),
 
 
 def refusal_tune_enabled():
