@@ -67,25 +67,6 @@ def check_disjoint_from_benchmark(
         )
 
 
-def validate_tune_settings(tune: dict) -> dict:
-    missing = [k for k in TUNE_KEYS if k not in tune]
-    if missing:
-        raise InputError(f"config refusal_tune: missing keys {missing}")
-    if not isinstance(tune["refusal"], str) or not tune["refusal"].strip():
-        raise InputError("config refusal_tune.refusal: must be a non-empty sentence")
-    for key in ("epochs", "batch_size", "safe_answer_tokens"):
-        if isinstance(tune[key], bool) or not isinstance(tune[key], int) or tune[key] < 1:
-            raise InputError(f"config refusal_tune.{key}: must be a positive integer, got {tune[key]!r}")
-    if not float(tune["learning_rate"]) > 0:
-        raise InputError(f"config refusal_tune.learning_rate: must be positive, got {tune['learning_rate']!r}")
-    per_area = tune.get("prompts_per_label_per_area")
-    if per_area is not None and (isinstance(per_area, bool) or not isinstance(per_area, int) or per_area < 1):
-        raise InputError(
-            f"config refusal_tune.prompts_per_label_per_area: must be a positive integer or null, got {per_area!r}"
-        )
-    return tune
-
-
 # ---------------------------------------------------------------- training examples
 
 
@@ -282,7 +263,7 @@ def refusal_tune(
 
     from .loading import load_model, stop_token_ids
 
-    tune = validate_tune_settings(tune)
+    # the settings were checked by the config schema (refusal_tune, required when enabled)
     rows = split_rows(split_csv, CONSTRUCTION)
     if benchmark_questions is not None:
         questions = read_questions(benchmark_questions)
