@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from refusal_ablation.gpus import allocate_gpus
+from refusal_ablation.gpus import allocate_gpus, jobs_per_gpu_from_env, share_each_gpu
 
 # fork: the workers need this module's functions without re-importing the test session
 CTX = multiprocessing.get_context("fork")
@@ -263,7 +263,7 @@ SNAKEFILE_WITH_GPU_JOBS = """\
 import json, os, sys, time
 
 sys.path.insert(0, {scripts!r})
-from refusal_ablation.gpus import allocate_gpus
+from refusal_ablation.gpus import allocate_gpus, jobs_per_gpu_from_env, share_each_gpu
 
 
 rule all:
@@ -378,3 +378,11 @@ def test_jobs_per_gpu_comes_from_the_environment(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="compute.jobs_per_gpu"):
         with _another_job(1, lock_dir=lock_dir, n_devices=1):
             pass
+
+
+def test_share_each_gpu_hands_the_setting_to_jobs(monkeypatch):
+    monkeypatch.delenv("REFUSAL_ABLATION_JOBS_PER_GPU", raising=False)
+    share_each_gpu(3)
+    assert jobs_per_gpu_from_env() == 3
+    with pytest.raises(ValueError, match="compute.jobs_per_gpu"):
+        share_each_gpu(0)

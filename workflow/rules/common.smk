@@ -1,5 +1,4 @@
 import hashlib
-import os
 import re
 import shutil
 import sys
@@ -12,6 +11,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # the library: the checks and expansions below use the very code the jobs use
 sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+from refusal_ablation.gpus import share_each_gpu
 from refusal_ablation.variants import VariantError, edit_variants
 
 try:
@@ -35,11 +35,9 @@ if COST:
 JUDGES = list(config["judges"])
 N_SHARDS = int(config["generation"]["shards"])
 GPUS_PER_JOB = int(config["compute"]["gpus_per_job"])
-# how many GPU jobs may share one device (refusal_ablation.gpus reads it in each job); an
-# environment variable, not a param, because it changes scheduling, never a result
-os.environ["REFUSAL_ABLATION_JOBS_PER_GPU"] = str(
-    config["compute"].get("jobs_per_gpu", 1)
-)
+# how many GPU jobs may share one device: handed to the jobs in their environment, not as a
+# param, because it changes scheduling, never a result (refusal_ablation.gpus)
+share_each_gpu(config["compute"].get("jobs_per_gpu", 1))
 # jobs that can run beside other jobs (activations, edit, answers, verify) take this many
 # threads; prepare_model and refusal_tune, which nothing can run beside, take every core
 THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores

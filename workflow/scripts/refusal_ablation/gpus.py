@@ -68,6 +68,13 @@ def jobs_per_gpu_from_env() -> int:
     return jobs
 
 
+def share_each_gpu(jobs_per_gpu: int) -> None:
+    """Let ``jobs_per_gpu`` jobs started from this process share each device (sets the variable they read)."""
+    if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
+        raise ValueError(f"compute.jobs_per_gpu must be a positive integer, got {jobs_per_gpu!r}")
+    os.environ[JOBS_PER_GPU_ENV] = str(jobs_per_gpu)
+
+
 def count_host_gpus() -> int:
     """Number of CUDA devices on this host, found without initialising CUDA here.
 
