@@ -13,35 +13,19 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
+# The rule files in pipeline order; common.smk holds the config checks and input functions.
+# Cheap bookkeeping rules say `localrule: True` where they are defined: they run where
+# Snakemake runs instead of waiting in a cluster queue.
 include: "workflow/rules/common.smk"
-include: "workflow/rules/model.smk"
+include: "workflow/rules/prepare_model.smk"
 include: "workflow/rules/construction.smk"
+include: "workflow/rules/directions.smk"
+include: "workflow/rules/edit.smk"
 include: "workflow/rules/answers.smk"
 include: "workflow/rules/judge.smk"
-include: "workflow/rules/stats.smk"
 include: "workflow/rules/cost.smk"
-
-
-# Cheap bookkeeping jobs run where Snakemake runs instead of waiting in a cluster queue.
-localrules:
-    split,
-    gather_answers,
-    heldout_questions,
-    stats,
-    heldout_stats,
-    figures,
-    direction_figures,
-    judge_strmatch,
-    judge_agreement,
-    fetch_construction,
-    benchmark_questions,
-    fetch_xstest,
-    xstest_questions,
-    kl_summary,
-    kl_comparisons,
-    compare_conditions,
-    xstest_stats,
-    tradeoff,
+include: "workflow/rules/stats.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -7,7 +7,7 @@ import torch
 
 from refusal_ablation.activations import extract_last_token_states, run_activations
 from refusal_ablation.io import InputError, load_activations
-from refusal_ablation.modeling import encode_chat, load_model
+from refusal_ablation.loading import encode_chat, load_model
 from tiny_models import build_tiny_gemma4, build_tiny_llama, one_torch_thread
 
 # different lengths, so a batch of them needs padding

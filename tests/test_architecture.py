@@ -5,11 +5,15 @@ import torch
 
 from refusal_ablation.architecture import (
     ArchitectureError,
+    accepts_logits_to_keep,
     find_decoder_stack,
+    layer_types,
     norm_scale,
     residual_writers,
+    sliding_window,
+    uses_sliding_window,
 )
-from refusal_ablation.modeling import load_model
+from refusal_ablation.loading import load_model
 from tiny_models import build_tiny_gemma3, build_tiny_gemma4, build_tiny_llama
 
 
@@ -107,3 +111,25 @@ def test_unknown_structure_is_refused():
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32))
     with pytest.raises(ArchitectureError, match="expected one list of decoder layers"):
         find_decoder_stack(gpt2)
+
+
+def test_config_questions_are_answered_from_the_text_config(models):
+    for name, model in models.items():
+        text = model.config.get_text_config()
+        assert layer_types(model) == getattr(text, "layer_types", None), name
+        assert sliding_window(model) == getattr(text, "sliding_window", None), name
+        assert accepts_logits_to_keep(model), name
+    gemma4 = models["gemma4"]
+    assert layer_types(gemma4)[-1] == "full_attention" and "sliding_attention" in layer_types(gemma4)
+    assert sliding_window(gemma4) == 16 and uses_sliding_window(gemma4)
+    llama = models["llama"]
+    assert sliding_window(llama) is None and not uses_sliding_window(llama)
+    # without per-layer types, a set window counts unless use_sliding_window is off
+    llama.config.sliding_window = 8
+    try:
+        assert uses_sliding_window(llama)
+        llama.config.use_sliding_window = False
+        assert not uses_sliding_window(llama)
+    finally:
+        llama.config.sliding_window = None
+        del llama.config.use_sliding_window

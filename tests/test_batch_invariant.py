@@ -246,7 +246,7 @@ def test_tiny_model_answers_are_batch_invariant_on_gpu(dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.skipif(not os.environ.get("SMOLLM2_CHECKPOINT"), reason="SMOLLM2_CHECKPOINT names no checkpoint")
 def test_smollm2_answers_are_batch_invariant_on_gpu():
-    from refusal_ablation.modeling import encode_chat, load_model
+    from refusal_ablation.loading import encode_chat, load_model
 
     model, tokenizer = load_model(os.environ["SMOLLM2_CHECKPOINT"], dtype="bfloat16", device="cuda")
     questions = [

@@ -6,13 +6,11 @@ import pandas as pd
 import pytest
 
 from refusal_ablation.benchmark import (
-    download_file,
-    gather_answers,
     heldout_questions,
     prepare_benchmark_questions,
     read_benchmark_file,
-    shard_indices,
 )
+from refusal_ablation.downloads import download_file
 from refusal_ablation.io import (
     InputError,
     answer_record,
@@ -22,6 +20,7 @@ from refusal_ablation.io import (
     write_csv,
     write_jsonl,
 )
+from refusal_ablation.shards import gather_answers, shard_indices
 
 
 def questions(n):
@@ -90,7 +89,7 @@ def test_gather_names_missing_questions(tmp_path):
     qpath = tmp_path / "q.jsonl"
     write_jsonl(qpath, questions(5))
     answers, lengths = write_shards(tmp_path, 4, 1)
-    with pytest.raises(InputError, match=r"missing question ids \[5\]"):
+    with pytest.raises(InputError, match=r"missing question ids: 5"):
         gather_answers(qpath, answers, lengths, tmp_path / "o.jsonl", tmp_path / "o.csv")
     assert not (tmp_path / "o.jsonl").exists()
 

@@ -16,7 +16,7 @@ def load(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "gemma3.yaml"])
 def test_shipped_configs_validate(name):
     validate(load(name), schema=SCHEMA)
 
@@ -86,3 +86,78 @@ def test_schema_engines_are_the_engines_the_code_knows():
 
     schema = yaml.safe_load(Path(SCHEMA).read_text())
     assert schema["properties"]["generation"]["properties"]["engine"]["enum"] == list(ENGINES)
+
+
+@pytest.mark.parametrize("value", [0, -1, "4", 1.5])
+def test_jobs_per_gpu_must_be_a_positive_integer(value):
+    config = copy.deepcopy(load("config.yaml"))
+    config["compute"]["jobs_per_gpu"] = value
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert "jobs_per_gpu" in str(err.value)
+
+
+def test_jobs_per_gpu_defaults_to_one():
+    config = copy.deepcopy(load("config.yaml"))
+    config["compute"].pop("jobs_per_gpu", None)
+    validate(config, schema=SCHEMA)
+    assert config["compute"]["jobs_per_gpu"] == 1
+
+
+def _evaluator(config):
+    return config["official_judge"]["evaluator"]
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda c: c.pop("official_judge"), "official_judge"),
+        (lambda c: c["official_judge"].pop("judge_prompt"), "judge_prompt"),
+        (lambda c: c["official_judge"].update(judge_promt="x"), "judge_promt"),
+        (lambda c: c["official_judge"]["judge_model"].update(revision="main"), "revision"),
+        (lambda c: c["official_judge"]["judge_model"].pop("repo_id"), "repo_id"),
+        (lambda c: _evaluator(c).update(commit="7da10ad"), "commit"),
+        (lambda c: _evaluator(c).update(source="svn"), "source"),
+        (lambda c: _evaluator(c).update(source="local"), "local_path"),
+        (lambda c: _evaluator(c).update(source="local", local_path=""), "local_path"),
+        (lambda c: c["official_judge"].update(bench_name="sorry bench/../x"), "bench_name"),
+    ],
+)
+def test_bad_official_judge_names_the_key(mutate, fragment):
+    config = copy.deepcopy(load("config.yaml"))
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert fragment in str(err.value)
+
+
+def test_official_judge_block_is_needed_only_by_the_official_judge():
+    demo = load("demo.yaml")
+    assert "official_judge" not in demo and demo["judges"] == ["strmatch"]
+    validate(demo, schema=SCHEMA)
+    local = copy.deepcopy(load("config.yaml"))
+    _evaluator(local).update(source="local", local_path="/data/sorry-bench")
+    validate(local, schema=SCHEMA)
+
+
+@pytest.mark.parametrize(
+    "mutate, fragment",
+    [
+        (lambda c: c["refusal_tune"].pop("epochs"), "epochs"),
+        (lambda c: c["refusal_tune"].update(refusal="   "), "refusal"),
+        (lambda c: c["refusal_tune"].update(learning_rate=0), "learning_rate"),
+        (lambda c: c["refusal_tune"].update(batch_size=True), "batch_size"),
+    ],
+)
+def test_bad_refusal_tune_names_the_key(mutate, fragment):
+    config = copy.deepcopy(load("demo.yaml"))
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert fragment in str(err.value)
+
+
+def test_a_disabled_refusal_tune_needs_no_settings():
+    config = copy.deepcopy(load("demo.yaml"))
+    config["refusal_tune"] = {"enabled": False}
+    validate(config, schema=SCHEMA)

@@ -22,7 +22,7 @@ from refusal_ablation.cost import (
     write_xstest_stats,
 )
 from refusal_ablation.io import InputError, write_csv, write_jsonl
-from refusal_ablation.stats import mcnemar_exact_p, paired_wald_interval, wilson_interval
+from refusal_ablation.stats.estimators import mcnemar_exact_p, paired_wald_interval, wilson_interval
 
 
 def _questions(labels, types):
@@ -188,17 +188,21 @@ def _paired(compliance_change, low, high, p):
         [
             {
                 "estimate": "compliance_difference",
+                "interval": "paired_wald",
                 "value": compliance_change,
                 "ci_low": low,
                 "ci_high": high,
+                "ci_level": 0.95,
                 "p_value": math.nan,
                 "method": "paired Wald 95% CI",
             },
             {
                 "estimate": "mcnemar_exact",
+                "interval": "",
                 "value": 1,
                 "ci_low": math.nan,
                 "ci_high": math.nan,
+                "ci_level": math.nan,
                 "p_value": p,
                 "method": "exact two-sided McNemar",
             },

@@ -4,7 +4,7 @@ import pytest
 from test_directions import N_LAYERS, fit_inputs
 
 from refusal_ablation.direction_figures import (
-    layer_projections,
+    activation_projection_table,
     plot_direction_stability,
     plot_layer_separation,
     run_direction_figures,
@@ -76,7 +76,7 @@ def test_direction_stability_figure(figures):
 
 
 def test_layer_separation_figure(fitted, figures):
-    projections = layer_projections(fitted["activations"], fitted["split"], fitted["directions"])
+    projections = activation_projection_table(fitted["activations"], fitted["split"], fitted["directions"])
     assert len(projections) == 48 * N_LAYERS
     construction = projections[projections["split"] == "construction"]
     means = construction.groupby("label")["projection"].mean()

@@ -10,9 +10,10 @@ from refusal_ablation.directions import (
     fit_refusal_directions,
     fit_report,
     load_directions,
+    read_directions,
     run_fit,
 )
-from refusal_ablation.io import save_activations
+from refusal_ablation.io import InputError, save_activations
 
 N_LAYERS, HIDDEN = 3, 24
 
@@ -75,7 +76,7 @@ def test_direction_needs_both_labels_and_a_difference():
 
 
 def expected_layer_cosines(states, labels, areas, budgets, repeats, seed):
-    """The design doc's procedure, spelled out with row-wise fits."""
+    """The procedure of docs/design.md ("Direction per layer"), spelled out with row-wise fits."""
     area_names = np.array(sorted(set(areas)))
     rng = np.random.default_rng(seed)
     cosines = np.empty((len(budgets), repeats, states.shape[1]))
@@ -247,3 +248,22 @@ def test_run_fit_names_missing_activations(tmp_path):
             generalization={"budgets": [2], "repeats": 1},
             model={"name": "tiny"},
         )
+
+
+def test_the_directions_file_is_checked_once_for_every_reader(tmp_path):
+    good = unit(np.random.default_rng(0).normal(size=(N_LAYERS, HIDDEN))).astype(np.float64)
+    np.savez(tmp_path / "good.npz", directions=good, safe_mean=np.zeros((N_LAYERS, HIDDEN)))
+    assert read_directions(tmp_path / "good.npz").dtype == np.float32
+    assert set(load_directions(tmp_path / "good.npz")) == {"directions", "safe_mean"}
+    cases = {
+        "missing": ({"safe_mean": good}, r"no 'directions' array \(has \['safe_mean'\]\)"),
+        "flat": ({"directions": good[0]}, r"must be \[layers, hidden\]"),
+        "zero": ({"directions": np.vstack([good[:2], np.zeros((1, HIDDEN))])}, r"rows \[2\] are zero or not finite"),
+        "nan": ({"directions": np.vstack([good[:2], np.full((1, HIDDEN), np.nan)])}, "zero or not finite"),
+        "long": ({"directions": 2 * good}, r"layer\(s\) \[0, 1, 2\] are not unit length"),
+    }
+    for name, (arrays, message) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        for reader in (load_directions, read_directions):
+            with pytest.raises(InputError, match=message):
+                reader(tmp_path / f"{name}.npz")

@@ -7,7 +7,7 @@ import pytest
 
 from refusal_ablation.dose_response import dose_response_tables, write_dose_response
 from refusal_ablation.io import InputError
-from refusal_ablation.stats import paired_wald_interval
+from refusal_ablation.stats.estimators import paired_wald_interval
 from refusal_ablation.variants import edit_variants
 
 # score per question 1..10: 0 = refusal, 1 = compliance, None = unparsable

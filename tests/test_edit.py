@@ -10,7 +10,7 @@ from test_architecture import tiny_checkpoint
 from refusal_ablation.architecture import residual_writers
 from refusal_ablation.edit import EditError, apply_edit, check_edit, edit_checkpoint, plan_edit, project_out
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import encode_chat, load_model
+from refusal_ablation.loading import encode_chat, load_model
 from tiny_models import build_tiny_gemma4, build_tiny_llama
 
 PROMPTS = ["How do I bake bread?", "Tell me a secret.", "Write a short poem about rain and wind."]

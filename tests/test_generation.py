@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from refusal_ablation import io
 from refusal_ablation.generation import generate_shard, load_partial, partial_paths, shard_questions
-from refusal_ablation.modeling import encode_chat
+from refusal_ablation.loading import encode_chat
 from tiny_models import build_tiny_llama, one_torch_thread
 
 QUESTIONS = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from refusal_ablation.gpus import allocate_gpus
+from refusal_ablation.gpus import allocate_gpus, jobs_per_gpu_from_env, share_each_gpu
 
 # fork: the workers need this module's functions without re-importing the test session
 CTX = multiprocessing.get_context("fork")
@@ -20,7 +21,7 @@ CTX = multiprocessing.get_context("fork")
 @pytest.fixture(autouse=True)
 def host_without_assigned_gpus(monkeypatch):
     """Every test starts as a plain workstation job: no devices pre-assigned, not in SLURM."""
-    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID"):
+    for name in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SLURM_JOB_ID", "REFUSAL_ABLATION_JOBS_PER_GPU"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -262,7 +263,7 @@ SNAKEFILE_WITH_GPU_JOBS = """\
 import json, os, sys, time
 
 sys.path.insert(0, {scripts!r})
-from refusal_ablation.gpus import allocate_gpus
+from refusal_ablation.gpus import allocate_gpus, jobs_per_gpu_from_env, share_each_gpu
 
 
 rule all:
@@ -329,3 +330,59 @@ def test_snakemake_gpu_slots_give_each_running_job_its_own_device(tmp_path):
     for job in jobs:
         running = sum(other["started"] <= job["started"] < other["ended"] for other in jobs)
         assert running <= 2
+
+
+@contextlib.contextmanager
+def _another_job(*args, **kwargs):
+    """``allocate_gpus`` as a separate job would call it: without the enclosing job's devices."""
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    with allocate_gpus(*args, **kwargs) as devices:
+        yield devices
+
+
+def test_jobs_per_gpu_shares_a_device_and_spreads_over_devices(tmp_path):
+    lock_dir = tmp_path / "locks"
+    with _another_job(1, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=2) as first:
+        with _another_job(1, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=2) as second:
+            # slot 0 of every device is taken before any device gets a second job
+            assert sorted(first + second) == ["0", "1"]
+            with _another_job(1, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=2) as third:
+                with _another_job(1, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=2) as fourth:
+                    assert sorted(third + fourth) == ["0", "1"]
+                    # four slots, four jobs: a fifth waits and times out
+                    with pytest.raises(TimeoutError):
+                        with _another_job(
+                            1, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=2, timeout_s=0.2, poll_s=0.02
+                        ):
+                            pass
+        # a freed slot is taken again
+        with _another_job(1, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=2, timeout_s=1, poll_s=0.02) as again:
+            assert len(again) == 1
+
+
+def test_a_two_gpu_job_never_takes_two_slots_of_one_device(tmp_path):
+    lock_dir = tmp_path / "locks"
+    with _another_job(2, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=3) as devices:
+        assert devices == ["0", "1"]
+        with _another_job(2, lock_dir=lock_dir, n_devices=2, jobs_per_gpu=3) as also:
+            assert also == ["0", "1"]
+
+
+def test_jobs_per_gpu_comes_from_the_environment(tmp_path, monkeypatch):
+    lock_dir = tmp_path / "locks"
+    monkeypatch.setenv("REFUSAL_ABLATION_JOBS_PER_GPU", "2")
+    with _another_job(1, lock_dir=lock_dir, n_devices=1):
+        with _another_job(1, lock_dir=lock_dir, n_devices=1, timeout_s=1, poll_s=0.02) as shared:
+            assert shared == ["0"]
+    monkeypatch.setenv("REFUSAL_ABLATION_JOBS_PER_GPU", "0")
+    with pytest.raises(ValueError, match="compute.jobs_per_gpu"):
+        with _another_job(1, lock_dir=lock_dir, n_devices=1):
+            pass
+
+
+def test_share_each_gpu_hands_the_setting_to_jobs(monkeypatch):
+    monkeypatch.delenv("REFUSAL_ABLATION_JOBS_PER_GPU", raising=False)
+    share_each_gpu(3)
+    assert jobs_per_gpu_from_env() == 3
+    with pytest.raises(ValueError, match="compute.jobs_per_gpu"):
+        share_each_gpu(0)

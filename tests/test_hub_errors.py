@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 FETCH_ALL = r"""
 import json, sys
 sys.path.insert(0, "workflow/scripts")
-from refusal_ablation.modeling import prepare_model
+from refusal_ablation.model_prep import prepare_model
 from refusal_ablation.benchmark import prepare_benchmark_questions
 from refusal_ablation.judges.official import download_judge
 out = sys.argv[1]

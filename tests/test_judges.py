@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from refusal_ablation.io import JUDGMENT_COLUMNS, InputError, answer_record, read_judgments, write_csv, write_jsonl
-from refusal_ablation.judges import agreement_table, cohen_kappa, judge_agreement
+from refusal_ablation.judges.agreement import agreement_table, cohen_kappa, judge_agreement
 from refusal_ablation.judges.strmatch import (
     JUDGE_MODEL,
     JUDGE_PROMPT,

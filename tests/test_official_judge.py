@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from refusal_ablation.downloads import GatedAccessError
 from refusal_ablation.io import (
     JUDGMENT_COLUMNS,
     InputError,
@@ -29,11 +30,9 @@ from refusal_ablation.io import (
     sha256_file,
     write_jsonl,
 )
-from refusal_ablation.judges import judgment_table
 from refusal_ablation.judges.official import (
     JUDGE_CHECKPOINT,
     OFFICIAL_FILES,
-    GatedAccessError,
     download_judge,
     duplicate_weight_patterns,
     export_official_layout,
@@ -45,6 +44,7 @@ from refusal_ablation.judges.official import (
     read_official_judgments,
     verify_evaluator,
 )
+from refusal_ablation.judges.records import judgment_table
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "judge"

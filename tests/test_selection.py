@@ -16,7 +16,7 @@ import torch
 
 from refusal_ablation.architecture import find_decoder_stack
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import load_model
+from refusal_ablation.loading import load_model
 from refusal_ablation.selection import (
     ablated,
     kl_rows,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from demo_workflow import DEMO_CONFIG, copy_repo
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
@@ -246,32 +247,30 @@ def test_gpu_and_cpu_jobs_go_through_sbatch_with_the_profile(tmp_path, slurm_clu
 
 # ------------------------------------------------------------------ the demo DAG
 
-DEMO_CONFIG = "config/demo.yaml"
 # the SLURM run splits generation into shards (one sbatch job each); gathered answers
-# must still equal the unsharded local run's
+# must still equal the unsharded local run's (the session's demo run, conftest.py)
 SLURM_SHARDS = 2
+# What the SLURM run takes from the local run instead of computing it again: the prepared
+# and the refusal-tuned model, with the split and the benchmark questions the tune read (so
+# that no input is newer than the tuned model). Every later job (activations, directions,
+# edits, answers, judgments, statistics) runs under SLURM and is compared with the local run.
+SHARED_WITH_THE_LOCAL_RUN = [
+    "resources/models",
+    "results/split",
+    "results/questions/benchmark.jsonl",
+    "results/refusal_tune",
+]
 
 
-def copy_repository(destination: Path) -> Path:
-    """The repository's files as git sees them (tracked and new), without ignored ones
-    such as .venv, results or .snakemake."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for relative in filter(None, listed):
-        source = REPO / relative
-        if source.is_file():
-            target = destination / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
+def share_tuned_model(local_run: Path, work: Path) -> None:
+    """Copy the local run's model preparation into ``work``, keeping modification times."""
+    for relative in SHARED_WITH_THE_LOCAL_RUN:
+        source, target = local_run / relative, work / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        else:
             shutil.copy2(source, target)
-    return destination
 
 
 def compared_results(root: Path) -> dict[str, bytes]:
@@ -287,20 +286,11 @@ def compared_results(root: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(scope="module")
-def local_demo_run(tmp_path_factory) -> Path:
-    work = copy_repository(tmp_path_factory.mktemp("local-demo"))
-    rc, output = run_snakemake(
-        work, ["--configfile", DEMO_CONFIG, "--cores", "2"], timeout_s=2400, log_name="snakemake.log"
-    )
-    assert rc == 0, f"local demo run failed:\n{output[-6000:]}"
-    return work
-
-
 @pytest.mark.slow
-def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster, local_demo_run):
-    work = copy_repository(tmp_path_factory.mktemp("slurm-demo"))
-    demo = yaml.safe_load((work / DEMO_CONFIG).read_text())
+def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster, demo_run):
+    work = copy_repo(tmp_path_factory.mktemp("slurm-demo"))
+    share_tuned_model(demo_run, work)
+    demo = yaml.safe_load((demo_run / DEMO_CONFIG).read_text())
     demo["generation"]["shards"] = SLURM_SHARDS
     sharded_config = work / "config" / "demo_sharded.yaml"
     sharded_config.write_text(yaml.safe_dump(demo, sort_keys=False))
@@ -319,6 +309,8 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     submitted_rules = {call["rule"] for call in calls}
     local_rules = set(re.findall(r"^localrule (\w+):", output, flags=re.MULTILINE))
     assert {"activations", "fit_directions", "edit_model", "generate_answers"} <= submitted_rules
+    # the shared model was taken as it is, not prepared or tuned again
+    assert not {"prepare_model", "refusal_tune"} & (submitted_rules | local_rules), submitted_rules
     assert not submitted_rules & local_rules
     assert_submitted_as_profiled(calls)
     assert_every_job_ran_under_slurm(output, work, n_jobs=len(calls))
@@ -335,7 +327,7 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     assert len(shard_jobs) == (conditions * promptsets + bool(kl_only)) * SLURM_SHARDS
     assert len({call["comment"] for call in shard_jobs}) == len(shard_jobs)
 
-    expected = compared_results(local_demo_run)
+    expected = compared_results(demo_run)
     assert any("judgments" in path for path in expected) and any("stats" in path for path in expected)
     got = compared_results(work)
     assert sorted(got) == sorted(expected)

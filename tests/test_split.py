@@ -8,11 +8,14 @@ from sklearn.model_selection import train_test_split
 
 from refusal_ablation.io import InputError
 from refusal_ablation.split import (
+    CONSTRUCTION,
     SPLIT_COLUMNS,
+    TEST,
     policy_area_split,
     read_construction_csv,
     read_split,
     run_split,
+    split_rows,
 )
 
 REFERENCE_AREAS = [
@@ -29,7 +32,7 @@ REFERENCE_AREAS = [
     "misinformation_impersonation_or_defamation",
     "sexual_content",
 ]
-# The construction areas the design doc gives for the reference split with seed 2445.
+# The construction areas docs/design.md gives for the reference split with seed 2445.
 REFERENCE_CONSTRUCTION_AREAS = [
     "extremist_or_terrorist_content",
     "hate_harassment_or_bullying",
@@ -226,6 +229,24 @@ def test_run_split_writes_a_readable_table(tmp_path):
     assert list(back.columns) == SPLIT_COLUMNS
     assert back["prompt"].iloc[0] == "NA"
     pd.testing.assert_frame_equal(back, written.astype(str))
+
+
+def test_split_rows_gives_one_part_checked_for_every_reader(tmp_path):
+    path = write_csv_rows(tmp_path / "prompts.csv", construction_rows())
+    split = run_split(path, tmp_path / "split.csv", construction_areas=8, prompts_per_label_per_area=2, seed=2445)
+    for part in (CONSTRUCTION, TEST):
+        rows = split_rows(tmp_path / "split.csv", part)
+        assert rows["id"].tolist() == split.loc[split["split"] == part, "id"].tolist()
+        first = split_rows(tmp_path / "split.csv", part, per_label_per_area=1)
+        assert len(first) == 2 * rows["category"].nunique()
+    split.loc[split["split"] == TEST, "label"] = "unsafe"
+    split.to_csv(tmp_path / "unsafe_only.csv", index=False)
+    with pytest.raises(InputError, match="unsafe_only.csv: the test split has no 'safe' prompts"):
+        split_rows(tmp_path / "unsafe_only.csv", TEST)
+    split.loc[split.index[3], "label"] = "harmless"
+    split.to_csv(tmp_path / "bad_label.csv", index=False)
+    with pytest.raises(InputError, match=r"bad_label.csv: 'label' must be safe or unsafe; bad line\(s\) \[5\]"):
+        split_rows(tmp_path / "bad_label.csv", CONSTRUCTION)
 
 
 def test_atomic_files_honour_the_umask(tmp_path):

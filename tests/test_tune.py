@@ -9,11 +9,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from refusal_ablation.io import InputError
+from refusal_ablation.split import split_rows
 from refusal_ablation.tune import (
     IGNORE_INDEX,
     build_examples,
     end_of_turn_id,
-    read_construction_rows,
     refusal_tune,
 )
 from tiny_models import build_tiny_llama
@@ -144,7 +144,7 @@ def test_loss_is_masked_to_answers_that_end_the_turn(tiny_model, tmp_path):
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    rows = read_construction_rows(write_split(tmp_path / "split.csv"))
+    rows = split_rows(write_split(tmp_path / "split.csv"), "construction")
     examples = build_examples(model, tokenizer, rows, REFUSAL, TUNE["safe_answer_tokens"], [end])
 
     refusal_ids = tokenizer(REFUSAL, add_special_tokens=False)["input_ids"]
@@ -199,7 +199,7 @@ def test_bad_split_file_names_file_and_row(tmp_path, edit, message):
     path = write_split(tmp_path / "split.csv")
     edit(pd.read_csv(path)).to_csv(path, index=False)
     with pytest.raises(InputError, match=message) as error:
-        read_construction_rows(path)
+        split_rows(path, "construction")
     assert "split.csv" in str(error.value)
 
 

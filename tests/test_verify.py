@@ -95,7 +95,7 @@ def test_split_without_construction_rows_is_named(setup, tmp_path):
     pd.DataFrame([SPLIT_ROWS[-1]], columns=["id", "prompt", "label", "category", "split", "test_group"]).to_csv(
         split, index=False
     )
-    with pytest.raises(InputError, match="split.csv: no rows with split == construction"):
+    with pytest.raises(InputError, match="split.csv: no rows with split == 'construction'"):
         residual_projection(
             setup["models"]["llama"], setup["edited"]["llama", "arditi"], setup["directions"], split, 4, "cpu"
         )

@@ -1,54 +1,19 @@
 """The workflow as a whole: lint, the reference DAG offline, the demo end to end, and
-config-driven partial reruns. The demo run happens once, in a temporary copy of the
-repository, and the tests below read what it produced."""
+config-driven partial reruns. The demo runs once per session, in a temporary copy of the
+repository (the `demo_run` fixture in conftest.py, shared with the SLURM test), and the
+tests below read what it produced."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def repo_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
-
-
-def copy_repo(dest: Path) -> Path:
-    for rel in repo_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target)
-    return dest
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run(
-        [*SNAKEMAKE, *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+from demo_workflow import DEMO_CONFIG, DEMO_EDITS, REPO, copy_repo, snakemake
 
 
 def scheduled_jobs(dry_run_output: str) -> dict[str, int]:
@@ -110,36 +75,6 @@ def test_reference_dag_builds_offline(tmp_path):
     assert jobs["generate_answers"] == 2 + 2 + 1
     assert jobs["kl_divergence"] == 2  # one edit x (held-out safe, XSTest safe)
     assert jobs["judge_official"] == 2  # benchmark and XSTest
-
-
-# The demo run uses two edit variants (config/demo.yaml's full reference edit plus a one-point
-# sweep at half strength) and measures KL on XSTest's safe prompts too, so that one run also
-# covers the edit-against-edit comparisons, the dose-response and every harmless prompt set.
-DEMO_CONFIG = "config/demo_two_edits.yaml"
-DEMO_EDITS = ["reference", "reference_s050"]
-DEMO_SWEEP = {"method": ["reference"], "scale": [0.5]}
-
-
-def write_two_edit_config(work: Path) -> Path:
-    config = yaml.safe_load((work / "config/demo.yaml").read_text())
-    config["edit"]["methods"] = ["reference"]
-    config["edit"]["sweep"] = DEMO_SWEEP
-    config["cost"]["kl"]["promptsets"] = ["heldout", "xstest"]
-    path = work / DEMO_CONFIG
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """Run the whole demo DAG once, with two edits, in a temporary copy of the repository."""
-    work = copy_repo(tmp_path_factory.mktemp("demo") / "repo")
-    write_two_edit_config(work)
-    result = snakemake(work, "--configfile", DEMO_CONFIG, "--cores", "2")
-    if result.returncode != 0:
-        logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((work / "logs").rglob("*.log")))
-        pytest.fail(f"demo run failed:\n{result.stderr[-5000:]}\n{logs}")
-    return work
 
 
 def _png(path: Path) -> None:

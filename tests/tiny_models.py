@@ -8,7 +8,7 @@ template, so any text round-trips and the vocabulary stays small.
 Chat styles:
 - ``gemma``: the template starts with ``{{ bos_token }}`` and the tokenizer's post-processor
   also prepends BOS, as Gemma's does, so rendering then tokenising with special tokens gives
-  the double BOS the design doc warns about; turns end with ``<end_of_turn>``.
+  the double BOS docs/design.md warns about; turns end with ``<end_of_turn>``.
 - ``chatml``: SmolLM2's layout, turns end with ``<|im_end|>``; no BOS added anywhere.
 """
 

@@ -109,10 +109,15 @@ def write_config(workdir: Path, checkpoint: Path, cap: int, device: str) -> Path
     return path
 
 
-def write_gpu_config(workdir: Path, source: Path, device: str) -> Path:
-    """``source`` as it is, but every model job on ``device`` (one GPU each)."""
+def write_gpu_config(workdir: Path, source: Path, device: str, jobs_per_gpu: int = 1) -> Path:
+    """``source`` as it is, but every model job on ``device`` (one GPU each, ``jobs_per_gpu`` at once)."""
     config = yaml.safe_load(source.read_text())
-    config["compute"] = dict(config.get("compute") or {}, device=device, gpus_per_job=1 if device == "cuda" else 0)
+    config["compute"] = dict(
+        config.get("compute") or {},
+        device=device,
+        gpus_per_job=1 if device == "cuda" else 0,
+        jobs_per_gpu=jobs_per_gpu,
+    )
     path = workdir / "config" / f"gpu_e2e_{source.stem}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -162,10 +167,21 @@ def main(argv=None) -> int:
         default=None,
         help="run this config's DAG (e.g. config/gemma3.yaml) on --device instead of the random model",
     )
+    parser.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        default=1,
+        help="GPU jobs that share the device at once (compute.jobs_per_gpu; with --config)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the work directory's finished results and run only what is missing",
+    )
     args = parser.parse_args(argv)
     out = args.out or args.workdir / "gpu_e2e_report"
     out.mkdir(parents=True, exist_ok=True)
-    if args.workdir.exists():
+    if args.workdir.exists() and not args.resume:
         shutil.rmtree(args.workdir / "results", ignore_errors=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
@@ -183,7 +199,10 @@ def main(argv=None) -> int:
             linked.symlink_to(downloads.resolve())
         model_info = {"config": str(args.config)}
         config = write_gpu_config(
-            args.workdir, (REPO / args.config) if not args.config.is_absolute() else args.config, args.device
+            args.workdir,
+            (REPO / args.config) if not args.config.is_absolute() else args.config,
+            args.device,
+            args.jobs_per_gpu,
         )
     else:
         start = time.monotonic()
@@ -211,10 +230,10 @@ def main(argv=None) -> int:
         "--cores",
         str(args.cores),
         "--resources",
-        "gpu=1",
+        f"gpu={args.jobs_per_gpu if args.config is not None else 1}",
         "--printshellcmds",
         "--show-failed-logs",
-    ]
+    ] + (["--rerun-incomplete"] if args.resume else [])
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     start = time.monotonic()
     with open(out / "snakemake.log", "w") as log_file:

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
 from refusal_ablation import io  # noqa: E402
-from refusal_ablation.benchmark import heldout_questions, prepare_benchmark_questions, shard_indices  # noqa: E402
+from refusal_ablation.benchmark import heldout_questions, prepare_benchmark_questions  # noqa: E402
 from refusal_ablation.engine import (  # noqa: E402
     _decode_attention,
     _invariant_decode_attention,
@@ -50,8 +50,10 @@ from refusal_ablation.engine import (  # noqa: E402
 )
 from refusal_ablation.generation import generate_shard, partial_paths  # noqa: E402
 from refusal_ablation.judges.strmatch import judge_strmatch  # noqa: E402
-from refusal_ablation.modeling import encode_chat, load_model, prepare_model, stop_token_ids  # noqa: E402
+from refusal_ablation.loading import encode_chat, load_model, stop_token_ids  # noqa: E402
+from refusal_ablation.model_prep import prepare_model  # noqa: E402
 from refusal_ablation.prefix import left_padded_batch  # noqa: E402
+from refusal_ablation.shards import shard_indices  # noqa: E402
 from refusal_ablation.split import run_split  # noqa: E402
 
 log = logging.getLogger("measure_batch_invariance")

@@ -122,8 +122,8 @@ def mean_abs(states: torch.Tensor, direction: np.ndarray) -> float:
 
 def measure_checkpoint(args) -> pd.DataFrame:
     """Write leakage of `reference` and `norm_aware` on a real checkpoint and its directions."""
-    from refusal_ablation.edit import read_directions
-    from refusal_ablation.modeling import encode_chat, load_model
+    from refusal_ablation.directions import read_directions
+    from refusal_ablation.loading import encode_chat, load_model
     from refusal_ablation.split import read_split
 
     started = time.monotonic()

@@ -11,6 +11,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # the library: the checks and expansions below use the very code the jobs use
 sys.path.insert(0, str(Path(workflow.current_basedir).parent / "scripts"))
+from refusal_ablation.gpus import share_each_gpu
 from refusal_ablation.variants import VariantError, edit_variants
 
 try:
@@ -34,6 +35,9 @@ if COST:
 JUDGES = list(config["judges"])
 N_SHARDS = int(config["generation"]["shards"])
 GPUS_PER_JOB = int(config["compute"]["gpus_per_job"])
+# how many GPU jobs may share one device: handed to the jobs in their environment, not as a
+# param, because it changes scheduling, never a result (refusal_ablation.gpus)
+share_each_gpu(config["compute"].get("jobs_per_gpu", 1))
 # jobs that can run beside other jobs (activations, edit, answers, verify) take this many
 # threads; prepare_model and refusal_tune, which nothing can run beside, take every core
 THREADS_PER_JOB = config["compute"].get("threads_per_job") or workflow.cores
@@ -53,13 +57,21 @@ SELECTION_DEFAULTS = {
 }
 
 
+def one_of(values):
+    """A wildcard constraint that matches exactly these values (and nothing longer)."""
+    return "|".join(re.escape(str(value)) for value in values)
+
+
+# Each wildcard matches only what this config can ask for: no path can be read two ways
+# (results/stats/judge_agreement/... is no judge's), and a stale name (an edit no longer
+# configured, a shard of another count) names no job.
 wildcard_constraints:
-    condition=r"baseline|edited_[A-Za-z0-9_]+",
-    edit="|".join(map(re.escape, EDITS)),
-    promptset="|".join(sorted(set(PROMPTSETS) | set(KL_PROMPTSETS))),
-    judge=r"[A-Za-z0-9_]+",
-    shard=r"\d+",
-    nshards=r"\d+",
+    condition=one_of(CONDITIONS),
+    edit=one_of(EDITS),
+    promptset=one_of(sorted(set(PROMPTSETS) | set(KL_PROMPTSETS))),
+    judge=one_of(JUDGES),
+    shard=one_of(range(N_SHARDS)),
+    nshards=one_of([N_SHARDS]),
 
 
 def refusal_tune_enabled():

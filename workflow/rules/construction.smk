@@ -1,8 +1,13 @@
+# Step 2, the construction data: the prompts (local or fetched), their split into construction
+# and held-out areas, and the baseline model's activations on them.
+
+
 rule fetch_construction:
     output:
         csv=DOWNLOADED_CONSTRUCTION,
     log:
         "logs/fetch_construction.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -19,6 +24,7 @@ rule split:
         split="results/split/prompt_split.csv",
     log:
         "logs/split.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -59,34 +65,3 @@ rule activations:
         device=lookup(dpath="compute/device", within=config),
     script:
         "../scripts/activations.py"
-
-
-rule fit_directions:
-    input:
-        activations="results/activations/construction.npz",
-        split="results/split/prompt_split.csv",
-    output:
-        directions="results/directions/refusal_directions.npz",
-        fit_report=report(
-            "results/directions/direction_fit_report.csv",
-            caption="../report/table_direction_fit.rst",
-            category="Refusal direction",
-            labels={"result": "Table: fit diagnostics per layer"},
-        ),
-        generalization=report(
-            "results/directions/category_generalization_table.csv",
-            caption="../report/table_generalization.rst",
-            category="Refusal direction",
-            labels={"result": "Table: direction stability"},
-        ),
-    log:
-        "logs/fit_directions.log",
-    priority: 10
-    conda:
-        "../envs/stats.yaml"
-    params:
-        seed=lookup(dpath="seed", within=config),
-        generalization=lookup(dpath="directions/generalization", within=config),
-        model=BASELINE_MODEL_SPEC,
-    script:
-        "../scripts/fit_directions.py"

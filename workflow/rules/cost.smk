@@ -1,30 +1,5 @@
-rule fetch_xstest:
-    output:
-        csv="resources/xstest/xstest_prompts.csv",
-    log:
-        "logs/fetch_xstest.log",
-    conda:
-        "../envs/stats.yaml"
-    params:
-        url=lookup(dpath="cost/xstest/url", within=config, default=None),
-        sha256=lookup(dpath="cost/xstest/sha256", within=config, default=None),
-    script:
-        "../scripts/fetch_xstest.py"
-
-
-rule xstest_questions:
-    input:
-        csv=xstest_csv(),
-    output:
-        questions="results/questions/xstest.jsonl",
-    log:
-        "logs/xstest_questions.log",
-    conda:
-        "../envs/stats.yaml"
-    params:
-        sha256=lookup(dpath="cost/xstest/sha256", within=config, default=None),
-    script:
-        "../scripts/xstest_questions.py"
+# Step 7, the cost of the edit: KL on harmless prompts, over-refusal on XSTest, every pair of
+# conditions compared, and the trade-off of refusal removed against behaviour moved.
 
 
 rule kl_divergence:
@@ -75,6 +50,7 @@ rule kl_summary:
         ),
     log:
         "logs/kl_summary/{edit}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -98,6 +74,7 @@ rule kl_comparisons:
         ),
     log:
         "logs/kl_comparisons.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -126,6 +103,7 @@ rule compare_conditions:
         ),
     log:
         "logs/compare_conditions/{judge}/{promptset}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -157,6 +135,7 @@ rule xstest_stats:
         ),
     log:
         "logs/xstest_stats/{judge}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
@@ -185,6 +164,7 @@ rule tradeoff:
         ),
     log:
         "logs/tradeoff/{judge}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:

@@ -1,3 +1,6 @@
+# Step 6, judging: each answer file judged by each configured judge, and the judges' agreement.
+
+
 rule judge_strmatch:
     input:
         questions="results/questions/{promptset}.jsonl",
@@ -6,6 +9,7 @@ rule judge_strmatch:
         judgments="results/judgments/strmatch/{promptset}/{condition}.csv",
     log:
         "logs/judge_strmatch/{promptset}/{condition}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     script:
@@ -72,6 +76,8 @@ rule judge_official:
     resources:
         gpu=GPUS_PER_JOB,
     params:
+        # answers and judgments in this order, one per condition
+        conditions=CONDITIONS,
         bench_name=lookup(
             dpath="official_judge/bench_name", within=config, default=None
         ),
@@ -87,18 +93,24 @@ rule judge_official:
 
 rule judge_agreement:
     input:
-        judgments=expand(
-            "results/judgments/{judge}/{{promptset}}/{condition}.csv",
-            judge=JUDGES,
-            condition=CONDITIONS,
-        ),
+        # each judge's tables by name; prefixed, as an input name must not shadow an
+        # attribute of Snakemake's input list
+        **{
+            f"judgments_{judge}": expand(
+                "results/judgments/{judge}/{{promptset}}/{condition}.csv",
+                judge=judge,
+                condition=CONDITIONS,
+            )
+            for judge in JUDGES
+        },
     output:
         agreement="results/stats/judge_agreement/{promptset}.csv",
     log:
         "logs/judge_agreement/{promptset}.log",
+    localrule: True
     conda:
         "../envs/stats.yaml"
     params:
-        judges=lookup(dpath="judges", within=config),
+        judges=JUDGES,
     script:
         "../scripts/judge_agreement.py"

@@ -1,4 +1,4 @@
-from refusal_ablation.benchmark import download_file
+from refusal_ablation.downloads import download_file
 from refusal_ablation.runtime import job_logging
 
 with job_logging(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter for rule `fetch_xstest`: the pinned XSTest file, hash-verified."""
 
-from refusal_ablation.benchmark import download_file
+from refusal_ablation.downloads import download_file
 from refusal_ablation.runtime import job_logging
 
 with job_logging(snakemake.log[0]):

@@ -1,5 +1,5 @@
-from refusal_ablation.benchmark import gather_answers
 from refusal_ablation.runtime import job_logging
+from refusal_ablation.shards import gather_answers
 
 with job_logging(snakemake.log[0]):
     gather_answers(

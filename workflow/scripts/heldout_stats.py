@@ -2,7 +2,7 @@
 
 from refusal_ablation import edited_condition
 from refusal_ablation.runtime import job_logging
-from refusal_ablation.stats import write_heldout_summary
+from refusal_ablation.stats.rules import write_heldout_summary
 
 with job_logging(snakemake.log[0]):
     write_heldout_summary(

@@ -1,13 +1,13 @@
 import tempfile
-from pathlib import Path
 
 from refusal_ablation.gpus import allocate_gpus
 from refusal_ablation.judges.official import judge_official
 from refusal_ablation.runtime import job_logging
 
-# Answer files and judgment tables are named by condition: results/.../<condition>.{jsonl,csv}
-answers = {Path(path).stem: path for path in snakemake.input.answers}
-outputs = {Path(path).stem: path for path in snakemake.output.judgments}
+# the rule lists answers and judgment tables in the order of its conditions param
+conditions = list(snakemake.params.conditions)
+answers = dict(zip(conditions, snakemake.input.answers, strict=True))
+outputs = dict(zip(conditions, snakemake.output.judgments, strict=True))
 judge_model = snakemake.params.judge_model
 
 # Snakemake counts GPU slots but does not pick devices; the allocator gives this job its own.

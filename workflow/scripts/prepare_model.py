@@ -1,6 +1,6 @@
 """Snakemake adapter: materialise the configured model as a checkpoint directory."""
 
-from refusal_ablation.modeling import prepare_model
+from refusal_ablation.model_prep import prepare_model
 from refusal_ablation.runtime import job_logging
 
 with job_logging(snakemake.log[0]):

@@ -3,7 +3,7 @@
 from refusal_ablation import edited_condition
 from refusal_ablation.cost import cost_sentences_from_files
 from refusal_ablation.runtime import job_logging
-from refusal_ablation.stats import write_stats
+from refusal_ablation.stats.rules import write_stats
 
 with job_logging(snakemake.log[0]):
     cost = cost_sentences_from_files(

@@ -7,7 +7,6 @@ carries the refuse/comply decision the refusal direction is fit from.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import sys
 import time
@@ -15,7 +14,7 @@ import time
 import numpy as np
 
 from . import io
-from .modeling import encode_chat, load_model
+from .loading import encode_chat, load_model
 from .prefix import SharedPrefix, left_padded_batch, prefix_to_share
 from .split import read_split
 
@@ -35,13 +34,15 @@ def extract_last_token_states(
     import torch
     from tqdm import tqdm
 
+    from .architecture import accepts_logits_to_keep
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     encoded = encode_chat(tokenizer, prompts)
     # similar lengths share a batch: less padding, same result
     order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
     device = next(model.parameters()).device
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     states: list[np.ndarray | None] = [None] * len(encoded)
     start = time.monotonic()
     n_shared = prefix_to_share(model, encoded) if share_prefix else 0

@@ -14,6 +14,10 @@ verification) works on what it returns:
   tokens and matching each matrix's output with a norm's input, because names lie: Llama's
   ``post_attention_layernorm`` normalises the residual before the MLP, Gemma's normalises
   the attention output.
+- ``text_config``, ``layer_types``, ``sliding_window``, ``uses_sliding_window`` and
+  ``accepts_logits_to_keep`` answer what the rest of the library asks of a model's config
+  and forward signature (attention kinds per layer, the sliding window, whether the output
+  layer can skip positions).
 - ``norm_scale(norm, hidden_size)`` measures a norm's effective elementwise scale by
   probing the module (Gemma 3 multiplies by ``1 + weight``, Gemma 4 by ``weight``), and
   refuses modules that are not "scale times x over a scalar".
@@ -21,6 +25,7 @@ verification) works on what it returns:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 
@@ -72,6 +77,43 @@ class ResidualStructure:
     stack: DecoderStack
     writers: list[list[ResidualWriter]] = field(default_factory=list)  # per layer
     norms_traced: bool = False
+
+
+# ---------------------------------------------------------------- what the config and forward say
+
+
+def text_config(model: nn.Module):
+    """The text decoder's config (the model's own config for a text-only model)."""
+    return model.config.get_text_config()
+
+
+def layer_types(model: nn.Module) -> list[str] | None:
+    """Per decoder layer, its attention kind as the config declares it ("full_attention",
+    "sliding_attention"), or None when the config declares none."""
+    return getattr(text_config(model), "layer_types", None)
+
+
+def sliding_window(model: nn.Module) -> int | None:
+    """The window of the config's sliding-window attention, or None when it declares none."""
+    return getattr(text_config(model), "sliding_window", None)
+
+
+def uses_sliding_window(model: nn.Module) -> bool:
+    """Whether some layer attends through a sliding window: one of ``layer_types`` says so, or
+    (no ``layer_types``) a window is set and ``use_sliding_window`` is not off."""
+    window = sliding_window(model)
+    types = layer_types(model) or []
+    return window is not None and (
+        "sliding_attention" in types or (not types and getattr(text_config(model), "use_sliding_window", True))
+    )
+
+
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``logits_to_keep`` (compute the output layer at some positions only)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+# ---------------------------------------------------------------- decoder layers
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:

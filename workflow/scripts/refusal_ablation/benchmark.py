@@ -2,48 +2,80 @@
 
 Both end up in SORRY-Bench's ``question.jsonl`` format with question ids 1..N in file
 order, which the official judge needs (it pairs answers with ``questions[id - 1]``).
-Sharded answers are gathered back here into one file per condition.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
-import urllib.request
-from pathlib import Path
 
 import pandas as pd
 
 from .io import (
-    ANSWER_TABLE_COLUMNS,
     InputError,
-    atomic_path,
-    read_answer_table,
-    read_answers,
     read_jsonl_lines,
-    read_questions,
     validate_questions,
-    verify_sha256,
-    write_csv,
     write_jsonl,
 )
+from .split import TEST, split_rows
 
 log = logging.getLogger(__name__)
 
+# SORRY-Bench 2025-03: the question's `category` field is the id as a string.
+CATEGORY_NAMES = {
+    "1": "Personal Insulting Words",
+    "2": "Social-group Insulting Words",
+    "3": "Threatening Words",
+    "4": "Lewd and Obscene Words",
+    "5": "Libelous Words",
+    "6": "Self-Harm",
+    "7": "Violent Crimes",
+    "8": "Harassment",
+    "9": "Sexual Crimes",
+    "10": "Property Crimes",
+    "11": "Public Order Crimes",
+    "12": "System Intrusion",
+    "13": "Malware Code Generation",
+    "14": "Fraud",
+    "15": "Financial Crimes",
+    "16": "IP Infringement",
+    "17": "PII Violations",
+    "18": "Illegal Crafting",
+    "19": "Terrorism",
+    "20": "Child-related Crimes",
+    "21": "Animal-related Crimes",
+    "22": "Environmental Crimes",
+    "23": "Evasion of Law Enforcement",
+    "24": "Human Elimination",
+    "25": "Advice on Adult Content",
+    "26": "Sexual Explicit Content Generation",
+    "27": "Non-sexual Explicit Content Generation",
+    "28": "Fake News Generation",
+    "29": "False Advertising",
+    "30": "Advice on Discrimination Behaviors",
+    "31": "Military Use",
+    "32": "Political Belief Promotion",
+    "33": "Ethical Belief Promotion",
+    "34": "Religion Promotion",
+    "35": "Social Stereotype Promotion",
+    "36": "Extremist Content Promotion",
+    "37": "Conspiracy Theories Promotion",
+    "38": "False Common Knowledge Promotion",
+    "39": "Harmful & Unhealthy Behaviors Promotion",
+    "40": "Medical Advice",
+    "41": "Financial Advice",
+    "42": "Legal Consulting Advice",
+    "43": "Governance Decision Advice",
+    "44": "Dangerous Machinery Operation Advice",
+}
 
-def download_file(url: str, out_path: str | os.PathLike, sha256: str | None) -> None:
-    """Download ``url`` to ``out_path``; verified against ``sha256`` before it is moved in."""
-    with atomic_path(out_path) as tmp:
-        log.info("downloading %s", url)
-        try:
-            with urllib.request.urlopen(url, timeout=120) as response, open(tmp, "wb") as fh:
-                shutil.copyfileobj(response, fh)
-        except OSError as exc:
-            raise RuntimeError(f"could not download {url}: {exc}") from exc
-        if sha256:
-            verify_sha256(tmp, sha256)
-        log.info("saved %s (%d bytes)", out_path, Path(tmp).stat().st_size)
+# SORRY-Bench's four domains, as ranges of category ids.
+DOMAIN_RANGES = [
+    (1, 5, "hate speech generation"),
+    (6, 24, "assistance with crimes or torts"),
+    (25, 39, "potentially inappropriate topics"),
+    (40, 44, "potentially unqualified advice"),
+]
 
 
 def select_prompt_style(
@@ -77,7 +109,7 @@ def prepare_benchmark_questions(spec: dict, out_path: str | os.PathLike) -> int:
     else:
         from huggingface_hub import hf_hub_download
 
-        from .hub import HubAccessError, hub_failure_message
+        from .downloads import HubAccessError, hub_failure_message
 
         token = os.environ.get("HF_TOKEN") or None
         try:
@@ -108,10 +140,7 @@ def prepare_benchmark_questions(spec: dict, out_path: str | os.PathLike) -> int:
 
 def heldout_questions(split_csv: str | os.PathLike, out_path: str | os.PathLike) -> int:
     """The held-out test areas of the construction split, as questions (with their label)."""
-    split = pd.read_csv(split_csv, dtype=str, keep_default_na=False)
-    test = split[split["split"] == "test"]
-    if test.empty:
-        raise InputError(f"{split_csv}: no held-out test rows")
+    test = split_rows(split_csv, TEST)
     records = [
         {
             "question_id": number,
@@ -127,41 +156,3 @@ def heldout_questions(split_csv: str | os.PathLike, out_path: str | os.PathLike)
     write_jsonl(out_path, records)
     log.info("%d held-out prompts from %d areas", len(records), test["category"].nunique())
     return len(records)
-
-
-def shard_indices(n_questions: int, shard: int, n_shards: int) -> list[int]:
-    """Round-robin shard membership: keeps long and short prompts spread over shards."""
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
-    return list(range(shard, n_questions, n_shards))
-
-
-def gather_answers(
-    questions_path: str | os.PathLike,
-    shard_answers: list[str],
-    shard_lengths: list[str],
-    out_answers: str | os.PathLike,
-    out_lengths: str | os.PathLike,
-) -> None:
-    """Merge answer shards into one file in question order; every question exactly once."""
-    questions = read_questions(questions_path)
-    by_id: dict[int, dict] = {}
-    for path in shard_answers:
-        for record in read_answers(path):
-            qid = record["question_id"]
-            if qid in by_id:
-                raise InputError(f"{path}: question {qid} is also answered in another shard")
-            by_id[qid] = record
-    expected = [q["question_id"] for q in questions]
-    missing = sorted(set(expected) - set(by_id))
-    extra = sorted(set(by_id) - set(expected))
-    if missing or extra:
-        raise InputError(
-            f"answer shards {shard_answers} do not match {questions_path}: "
-            f"missing question ids {missing[:20]}, unknown ids {extra[:20]}"
-        )
-    write_jsonl(out_answers, (by_id[qid] for qid in expected))
-    lengths = pd.concat([read_answer_table(p) for p in shard_lengths], ignore_index=True)
-    lengths = lengths.set_index("question_id").loc[expected].reset_index()
-    write_csv(out_lengths, lengths[ANSWER_TABLE_COLUMNS])
-    log.info("gathered %d answers from %d shard(s)", len(expected), len(shard_answers))

@@ -22,7 +22,10 @@ import pandas as pd
 
 from . import CONDITION_BASELINE, EDITED_PREFIX
 from .io import InputError, read_judgments, read_questions, write_csv
-from .stats import _level, _p, _pct, _points, flip_counts, mcnemar_exact_p, paired_wald_interval, wilson_interval
+from .stats.estimators import level_text, mcnemar_exact_p, paired_wald_interval, wilson_interval
+from .stats.pairing import flip_counts
+from .stats.summary import format_p, format_percent, format_points
+from .stats.tables import INTERVAL_PAIRED_WALD, paired_row
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def kl_summary(tables: Sequence[pd.DataFrame], alpha: float, resamples: int, see
     set overall and per category (policy area / XSTest type); the overall mean also gets an
     interval from a bootstrap over whole categories."""
     rows = []
-    level = _level(alpha)
+    level = level_text(alpha)
     for table in tables:
         promptset = str(table["promptset"].iloc[0])
         groups = [("all", table)] + [(str(c), part) for c, part in table.groupby("category", sort=True)]
@@ -127,7 +130,7 @@ def plot_kl_ecdf(tables: Sequence[pd.DataFrame], png: str | os.PathLike, title: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .figure_files import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), squeeze=False)
     for ax, measure, label in zip(
@@ -151,16 +154,14 @@ def plot_kl_ecdf(tables: Sequence[pd.DataFrame], png: str | os.PathLike, title: 
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, [png], dpi=120)
 
 
 def kl_comparisons(tables: Mapping[str, Sequence[pd.DataFrame]], alpha: float, resamples: int, seed: int):
     """Per prompt set and pair of edits: paired difference of per-prompt KL (second - first)
     with a bootstrap interval over prompts."""
     rows = []
-    level = _level(alpha)
+    level = level_text(alpha)
     for first, second in itertools.combinations(sorted(tables), 2):
         by_set = {str(t["promptset"].iloc[0]): t for t in tables[second]}
         for table_a in tables[first]:
@@ -310,7 +311,7 @@ def comparison_table(
         tagged = wide.assign(label=wide["question_id"].map(labels))
         subsets += [(label, tagged[tagged["label"] == label]) for label in LABELS if (tagged["label"] == label).any()]
     rows = []
-    method = f"paired by prompt; change = refusal rate of b - of a, paired Wald {_level(alpha)}; p: exact McNemar"
+    method = f"paired by prompt; change = refusal rate of b - of a, paired Wald {level_text(alpha)}; p: exact McNemar"
     for subset, part in subsets:
         for a, b in condition_pairs(conditions):
             rows.append(
@@ -340,10 +341,10 @@ def write_comparisons(judgment_csvs, questions_jsonl, out_csv, alpha: float) -> 
             row.subset,
             row.condition_a,
             row.condition_b,
-            _pct(row.refusal_rate_a),
-            _pct(row.refusal_rate_b),
-            _points(row.refusal_change),
-            _p(row.mcnemar_p),
+            format_percent(row.refusal_rate_a),
+            format_percent(row.refusal_rate_b),
+            format_points(row.refusal_change),
+            format_p(row.mcnemar_p),
         )
     return frame
 
@@ -359,7 +360,7 @@ def xstest_refusal(
     labels = question_labels(questions, source)
     types = {int(q["question_id"]): str(q["category"]) for q in questions}
     wide = wide.assign(label=wide["question_id"].map(labels), type=wide["question_id"].map(types))
-    level = _level(alpha)
+    level = level_text(alpha)
     rows = []
     for label in LABELS:
         part = wide[wide["label"] == label]
@@ -420,18 +421,18 @@ def write_xstest_stats(judgment_csvs, questions_jsonl, rates_csv, per_type_csv, 
     write_csv(rates_csv, rates)
     write_csv(per_type_csv, per_type)
     for row in rates.itertuples():
-        log.info("XSTest %s, %s: refusal %s (%d/%d)", row.label, row.condition, _pct(row.value), row.refusals, row.n)
+        log.info(
+            "XSTest %s, %s: refusal %s (%d/%d)",
+            row.label,
+            row.condition,
+            format_percent(row.value),
+            row.refusals,
+            row.n,
+        )
     return rates, per_type
 
 
 # ---------------------------------------------------------------- trade-off
-
-
-def _paired_row(paired: pd.DataFrame, estimate: str, method_start: str = "") -> pd.Series:
-    rows = paired[(paired["estimate"] == estimate) & paired["method"].astype(str).str.startswith(method_start)]
-    if rows.empty:
-        raise InputError(f"paired table: no '{estimate}' row")
-    return rows.iloc[0]
 
 
 def tradeoff_table(
@@ -444,8 +445,8 @@ def tradeoff_table(
     rows = []
     for edit in sorted(benchmark_paired):
         condition = f"{EDITED_PREFIX}{edit}"
-        wald = _paired_row(benchmark_paired[edit], "compliance_difference", "paired Wald")
-        mcnemar = _paired_row(benchmark_paired[edit], "mcnemar_exact")
+        wald = paired_row(benchmark_paired[edit], "compliance_difference", INTERVAL_PAIRED_WALD)
+        mcnemar = paired_row(benchmark_paired[edit], "mcnemar_exact")
         row = {
             "edit": edit,
             "condition": condition,
@@ -488,7 +489,7 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import atomic_path
+    from .figure_files import save_figure
 
     promptsets = [
         c.removeprefix("kl_answer_mean_")
@@ -530,9 +531,7 @@ def plot_tradeoff(table: pd.DataFrame, png: str | os.PathLike, title: str) -> No
     axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, [png], dpi=120)
 
 
 def write_tradeoff(
@@ -565,7 +564,7 @@ def cost_sentences(
 ) -> list[str]:
     """The cost of one edit in plain sentences, for summary.md."""
     sentences = []
-    level = _level(alpha)
+    level = level_text(alpha)
     if kl_summary_frame is not None:
         parts = []
         overall = kl_summary_frame[kl_summary_frame["category"] == "all"]
@@ -596,10 +595,11 @@ def cost_sentences(
                 continue
             r = found.iloc[0]
             texts.append(
-                f"on its {int(r['n_pairs'])} {name} refusal went from {_pct(r['refusal_rate_a'])} to "
-                f"{_pct(r['refusal_rate_b'])} ({'+' if r['refusal_change'] > 0 else ''}{_points(r['refusal_change'])} "
-                f"points, {level} {_points(r['ci_low'])} to {_points(r['ci_high'])}; "
-                f"exact McNemar p = {_p(r['mcnemar_p'])})"
+                f"on its {int(r['n_pairs'])} {name} refusal went from {format_percent(r['refusal_rate_a'])} to "
+                f"{format_percent(r['refusal_rate_b'])} "
+                f"({'+' if r['refusal_change'] > 0 else ''}{format_points(r['refusal_change'])} points, "
+                f"{level} {format_points(r['ci_low'])} to {format_points(r['ci_high'])}; "
+                f"exact McNemar p = {format_p(r['mcnemar_p'])})"
             )
         if texts:
             note = (

@@ -20,25 +20,14 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from refusal_ablation.directions import GENERALIZATION_COLUMNS, load_directions  # noqa: E402
-from refusal_ablation.io import InputError, atomic_path, load_activations  # noqa: E402
+from refusal_ablation.figure_files import save_figure  # noqa: E402
+from refusal_ablation.io import InputError, load_activations  # noqa: E402
 from refusal_ablation.split import CONSTRUCTION, TEST, read_split  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 PALETTE = sns.color_palette("colorblind")
-SVG_HASHSALT = "refusal-ablation"
 LABEL_COLORS = {"unsafe": PALETTE[3], "safe": PALETTE[0]}
-
-
-def save_figure(fig: plt.Figure, png: str | os.PathLike) -> None:
-    """Write ``png`` and an SVG with the same stem beside it, each atomically."""
-    png = Path(png)
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=150, bbox_inches="tight")
-    # A fixed date and a fixed salt for the element ids keep the SVG byte-identical across reruns.
-    with atomic_path(png.with_suffix(".svg"), suffix=".svg") as tmp, plt.rc_context({"svg.hashsalt": SVG_HASHSALT}):
-        fig.savefig(tmp, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
 
 
 def read_generalization_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -139,18 +128,19 @@ def plot_direction_stability(
         layer_ax.grid(alpha=0.3)
         layer_ax.legend(title="used areas", fontsize=8, title_fontsize=8, loc="lower right")
     fig.tight_layout()
-    save_figure(fig, png)
+    save_figure(fig, [png, Path(png).with_suffix(".svg")])
     log.info("wrote %s", png)
 
 
-def layer_projections(
+def activation_projection_table(
     activations_npz: str | os.PathLike,
     split_csv: str | os.PathLike,
     directions_npz: str | os.PathLike,
 ) -> pd.DataFrame:
-    """Long table of each prompt's projection on each layer's direction.
+    """Long table of each stored prompt activation's signed projection on each layer's direction.
 
-    Columns: id, label, category, split, layer, projection.
+    Read from the activations file (no model runs); columns: id, label, category, split,
+    layer, projection. (``verify.layer_projections`` differs: it runs a model and takes |x . d|.)
     """
     split = read_split(split_csv)
     directions = load_directions(directions_npz)["directions"].astype(np.float64)
@@ -185,7 +175,7 @@ def plot_layer_separation(
     Top: the construction prompts the directions were fit on. Bottom (when the split has
     test areas): the held-out test areas, which the directions never saw.
     """
-    projections = layer_projections(activations_npz, split_csv, directions_npz)
+    projections = activation_projection_table(activations_npz, split_csv, directions_npz)
     groups = [(CONSTRUCTION, "construction areas, where the directions were fit")]
     if (projections["split"] == TEST).any():
         groups.append((TEST, "held-out test areas, never used for fitting"))
@@ -237,7 +227,7 @@ def plot_layer_separation(
         title_fontsize=8,
     )
     fig.tight_layout()
-    save_figure(fig, png)
+    save_figure(fig, [png, Path(png).with_suffix(".svg")])
     log.info("wrote %s", png)
 
 
@@ -280,4 +270,4 @@ def plot_direction_selection(selection_csv: str | os.PathLike, out_png: str | os
     bottom.set_xlabel("layer of the candidate direction (last layers excluded by the depth filter)")
     bottom.legend(fontsize=8)
     fig.suptitle("Single-direction (arditi) selection")
-    save_figure(fig, out_png)
+    save_figure(fig, [out_png, Path(out_png).with_suffix(".svg")])

@@ -334,19 +334,29 @@ def save_directions(
 
 
 def load_directions(path: str | os.PathLike) -> dict:
-    """The directions npz as a dict of arrays; checks shape and unit length."""
+    """The directions npz as a dict of arrays, checked: a float32 'directions' array
+    [layers, hidden] whose rows are finite and of unit length."""
     with np.load(path, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     if "directions" not in arrays:
-        raise InputError(f"{path}: no 'directions' array")
-    directions = arrays["directions"]
+        raise InputError(f"{path}: no 'directions' array (has {sorted(arrays)})")
+    directions = np.asarray(arrays["directions"], dtype=np.float32)
     if directions.ndim != 2:
         raise InputError(f"{path}: 'directions' must be [layers, hidden], got shape {directions.shape}")
     norms = np.linalg.norm(directions.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if len(bad):
+        raise InputError(f"{path}: 'directions' rows {bad.tolist()[:10]} are zero or not finite")
     off = np.flatnonzero(np.abs(norms - 1) > 1e-3)
     if len(off):
         raise InputError(f"{path}: directions of layer(s) {off.tolist()} are not unit length")
+    arrays["directions"] = directions
     return arrays
+
+
+def read_directions(path: str | os.PathLike) -> np.ndarray:
+    """Only the checked directions [layers, hidden] (float32) of a directions npz."""
+    return load_directions(path)["directions"]
 
 
 def run_fit(

@@ -22,7 +22,8 @@ import pandas as pd
 
 from . import CONDITION_BASELINE, edited_condition
 from .io import InputError, write_csv
-from .stats import _read_judgment_file, mcnemar_exact_p, paired_wald_interval, wilson_interval
+from .stats.estimators import mcnemar_exact_p, paired_wald_interval, wilson_interval
+from .stats.pairing import read_judgment_file
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ ADJACENT_COLUMNS = [
 
 
 def _scores(path, condition: str) -> pd.Series:
-    frame = _read_judgment_file(path)
+    frame = read_judgment_file(path)
     found = str(frame["condition"].iloc[0])
     if found != condition:
         raise InputError(f"{path}: condition is '{found}', expected '{condition}'")
@@ -207,7 +208,8 @@ def _panels(table: pd.DataFrame) -> list[tuple[str, str, str | None, str | None]
 def plot_dose_response(table: pd.DataFrame, baseline_rate: float, out_paths, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    from .figures import EDITED_COLOURS, save_figure
+    from .figure_files import save_figure
+    from .figures import EDITED_COLOURS
 
     panels = _panels(table)
     columns = min(len(panels), 3)

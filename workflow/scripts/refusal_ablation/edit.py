@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from refusal_ablation.architecture import norm_scale, residual_writers
+from refusal_ablation.directions import read_directions
 from refusal_ablation.io import InputError, atomic_dir
 from refusal_ablation.variants import METHOD_COMPONENTS, selected_layers
 
@@ -51,7 +52,7 @@ METHODS = ("reference", "norm_aware", "arditi")
 COLLAPSE_RTOL = 1e-6
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 CONFIG_FILE = "config.json"
-BASE_PROVENANCE = "provenance.json"  # written by modeling.prepare_model; describes the unedited model
+BASE_PROVENANCE = "provenance.json"  # written by model_prep.prepare_model; describes the unedited model
 EDIT_RECORD = "edit.json"
 
 
@@ -260,20 +261,6 @@ def check_edit(plan: list[PlannedEdit], original_norms: dict[str, torch.Tensor])
         raise EditError("edited checkpoint does not hold the edit:\n" + "\n".join(problems[:20]))
 
 
-def read_directions(path: str | os.PathLike) -> np.ndarray:
-    with np.load(path, allow_pickle=False) as data:
-        if "directions" not in data.files:
-            raise InputError(f"{path}: no 'directions' array (has {data.files})")
-        directions = np.asarray(data["directions"], dtype=np.float32)
-    if directions.ndim != 2:
-        raise InputError(f"{path}: 'directions' must be [layers, hidden], got shape {directions.shape}")
-    norms = np.linalg.norm(directions, axis=1)
-    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
-    if len(bad):
-        raise InputError(f"{path}: 'directions' rows {bad.tolist()[:10]} are zero or not finite")
-    return directions
-
-
 def checkpoint_dtype(model_dir: str | os.PathLike) -> str:
     """The dtype the checkpoint's config declares (float32 when it declares none)."""
     import json
@@ -292,7 +279,7 @@ def checkpoint_dtype(model_dir: str | os.PathLike) -> str:
 
 def load_checkpoint(model_dir: str | os.PathLike):
     """The checkpoint's full model (multimodal parts included) in its own dtype, on CPU."""
-    from refusal_ablation.modeling import load_model
+    from refusal_ablation.loading import load_model
 
     model, _ = load_model(model_dir, dtype=checkpoint_dtype(model_dir), device="cpu")
     return model

@@ -7,10 +7,8 @@ deficiency; the flip table uses the perceptually uniform, colour-blind-safe "civ
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -22,10 +20,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from . import CONDITION_BASELINE  # noqa: E402
-from .io import InputError, atomic_path  # noqa: E402
-from .stats import JUDGMENT_LEVELS, category_label, read_answer_lengths  # noqa: E402
-
-logger = logging.getLogger(__name__)
+from .figure_files import save_figure  # noqa: E402
+from .io import InputError  # noqa: E402
+from .stats.categories import category_label  # noqa: E402
+from .stats.estimators import level_text  # noqa: E402
+from .stats.pairing import read_answer_lengths  # noqa: E402
+from .stats.tables import INTERVAL_PAIRED_WALD, JUDGMENT_LEVELS  # noqa: E402
 
 # Okabe & Ito (2008) colour-blind-safe palette.
 OKABE_ITO = {
@@ -39,12 +39,10 @@ OKABE_ITO = {
 }
 BASELINE_COLOUR = OKABE_ITO["blue"]
 EDITED_COLOURS = [OKABE_ITO[name] for name in ("vermillion", "bluish_green", "reddish_purple", "orange")]
-SAVE_FORMATS = {".png", ".svg", ".pdf"}
 
 plt.rcParams.update(
     {
         "svg.fonttype": "none",  # keep SVG text as text: searchable and smaller
-        "svg.hashsalt": "refusal-ablation",  # stable element ids across runs
         "axes.titleweight": "bold",
     }
 )
@@ -57,25 +55,6 @@ def condition_colours(conditions: Sequence[str]) -> dict[str, str]:
         if condition not in colours:
             colours[condition] = BASELINE_COLOUR if condition == CONDITION_BASELINE else next(edited)
     return colours
-
-
-def save_figure(fig: plt.Figure, paths: Sequence[str | os.PathLike]) -> None:
-    """Write the figure to every path, format from the suffix, atomically; then close it."""
-    if not paths:
-        raise ValueError("no output path given for the figure")
-    for path in paths:
-        suffix = Path(path).suffix.lower()
-        if suffix not in SAVE_FORMATS:
-            raise ValueError(f"{path}: figure format must be one of {sorted(SAVE_FORMATS)}")
-        with atomic_path(path, suffix=suffix) as tmp:
-            fig.savefig(tmp, format=suffix[1:], dpi=150, bbox_inches="tight", metadata=_metadata(suffix))
-        logger.info("wrote %s", path)
-    plt.close(fig)
-
-
-def _metadata(suffix: str) -> dict:
-    # No creation date, so that reruns on the same tables give the same files.
-    return {"Date": None} if suffix in (".svg", ".pdf") else {}
 
 
 def read_table(path: str | os.PathLike, required: Sequence[str]) -> pd.DataFrame:
@@ -157,14 +136,13 @@ def plot_overall_compliance(
 
 
 def _paired_note(paired: pd.DataFrame) -> str:
-    wald = paired[(paired["estimate"] == "compliance_difference") & paired["method"].str.startswith("paired Wald")]
+    wald = paired[(paired["estimate"] == "compliance_difference") & (paired["interval"] == INTERVAL_PAIRED_WALD)]
     mcnemar = paired[paired["estimate"] == "mcnemar_exact"]
     parts = []
     if len(wald):
         row = wald.iloc[0]
-        level = row["method"].replace("paired Wald", "").strip()
         parts.append(
-            f"Change {100 * row['value']:+.1f} points ({level} {100 * row['ci_low']:.1f} to "
+            f"Change {100 * row['value']:+.1f} points ({level_text(1 - row['ci_level'])} {100 * row['ci_low']:.1f} to "
             f"{100 * row['ci_high']:.1f}, paired Wald)"
         )
     if len(mcnemar):
@@ -301,7 +279,9 @@ def write_figures(
 ) -> None:
     """The `figures` rule: draw each figure from the stats tables into its PNG/SVG paths."""
     overall_frame = read_table(overall_csv, ["estimate", "condition", "count", "n", "value", "ci_low", "ci_high"])
-    paired_frame = read_table(paired_csv, ["estimate", "value", "ci_low", "ci_high", "p_value", "method"])
+    paired_frame = read_table(
+        paired_csv, ["estimate", "interval", "value", "ci_low", "ci_high", "ci_level", "p_value", "method"]
+    )
     plot_overall_compliance(overall_frame, paired_frame, overall, subtitle)
     per_category = read_table(per_category_csv, ["category", "n_pairs", "baseline_rate", "edited_rate", "change"])
     plot_category_change(per_category, category_change, subtitle)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import io
-from .benchmark import shard_indices
 from .engine import iter_greedy
-from .modeling import context_window, encode_chat, load_model, model_identity, resolve_device, stop_token_ids
+from .loading import checkpoint_fingerprint, context_window, encode_chat, load_model, resolve_device, stop_token_ids
+from .shards import shard_indices
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class ShardSummary:
 
 
 def shard_questions(questions: list[dict], shard: int, n_shards: int) -> list[dict]:
-    """Round robin (see ``benchmark.shard_indices``): keeps shard sizes within one."""
+    """Round robin (see ``shards.shard_indices``): keeps shard sizes within one."""
     return [questions[i] for i in shard_indices(len(questions), shard, n_shards)]
 
 
@@ -65,11 +65,11 @@ def resume_meta(
 
     ``batch_invariant`` (when given) is recorded too: answers of the two modes are not mixed.
     """
-    identity = json.dumps(model_identity(model_dir), sort_keys=True)
+    fingerprint = json.dumps(checkpoint_fingerprint(model_dir), sort_keys=True)
     extra = {} if batch_invariant is None else {"batch_invariant": bool(batch_invariant)}
     return {
         "condition": condition,
-        "model": hashlib.sha256(identity.encode()).hexdigest(),
+        "model": hashlib.sha256(fingerprint.encode()).hexdigest(),
         "max_new_tokens": int(max_new_tokens),
         "question_ids": [q["question_id"] for q in questions],
         "questions_sha256": _questions_digest(questions),

@@ -14,6 +14,13 @@ Which devices a job may choose from (the pool):
   job alone, so they are used as they are, without locks.
 * otherwise: every device of the host (``n_devices``, else ``nvidia-smi``, else torch).
 
+Several jobs may share one device (``compute.jobs_per_gpu``, which the workflow passes on
+as ``$REFUSAL_ABLATION_JOBS_PER_GPU``): a small model leaves a large GPU idle while each job
+spends most of its time starting up and loading. Each device then has that many slot
+locks, and a job takes one slot on each of its devices; slots are filled across devices
+before a second job goes onto any one device. Under SLURM with the devices given to the job
+alone (above) nothing is shared: the scheduler decides.
+
 No torch import at module level: the stats environment imports this module too.
 """
 
@@ -34,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 LOCK_DIR_ENV = "REFUSAL_ABLATION_GPU_LOCK_DIR"
+JOBS_PER_GPU_ENV = "REFUSAL_ABLATION_JOBS_PER_GPU"
 DEFAULT_LOCK_DIR = Path("/tmp/refusal_ablation_gpu_locks")
 
 logger = logging.getLogger("refusal_ablation.gpus")
@@ -44,6 +52,27 @@ def default_lock_dir() -> Path:
     in /tmp, which every user of the host shares (so does the GPU)."""
     configured = os.environ.get(LOCK_DIR_ENV)
     return Path(configured) if configured else DEFAULT_LOCK_DIR
+
+
+def jobs_per_gpu_from_env() -> int:
+    """How many jobs may share one device: $REFUSAL_ABLATION_JOBS_PER_GPU, else 1."""
+    value = os.environ.get(JOBS_PER_GPU_ENV, "").strip()
+    if not value:
+        return 1
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ValueError(f"${JOBS_PER_GPU_ENV} must be a positive integer (config compute.jobs_per_gpu), got {value!r}")
+    return jobs
+
+
+def share_each_gpu(jobs_per_gpu: int) -> None:
+    """Let ``jobs_per_gpu`` jobs started from this process share each device (sets the variable they read)."""
+    if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
+        raise ValueError(f"compute.jobs_per_gpu must be a positive integer, got {jobs_per_gpu!r}")
+    os.environ[JOBS_PER_GPU_ENV] = str(jobs_per_gpu)
 
 
 def count_host_gpus() -> int:
@@ -67,10 +96,11 @@ def _parse_visible_devices(value: str) -> list[str]:
     return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
-def _lock_file_name(namespace: str, device: str) -> str:
+def _lock_file_name(namespace: str, device: str, slot: int = 0) -> str:
     # device entries may be UUIDs ("GPU-1a2b..." or "MIG-..."): keep them file-name safe
     safe_device = re.sub(r"[^A-Za-z0-9._-]", "_", device)
-    return f"gpu-{namespace}-{safe_device}.lock"
+    # slot 0 keeps the name of an unshared device's lock
+    return f"gpu-{namespace}-{safe_device}.lock" if slot == 0 else f"gpu-{namespace}-{safe_device}.slot{slot}.lock"
 
 
 def _open_lock_dir(lock_dir: Path) -> None:
@@ -139,6 +169,7 @@ def allocate_gpus(
     n_devices: int | None = None,
     timeout_s: float | None = None,
     poll_s: float = 0.5,
+    jobs_per_gpu: int | None = None,
 ) -> Iterator[list[str]]:
     """Hold ``n`` devices no other job on this host holds, for the ``with`` block.
 
@@ -148,10 +179,14 @@ def allocate_gpus(
     each hold part of what the other needs; raises ``TimeoutError`` after ``timeout_s``
     (None: wait as long as it takes). ``n_devices`` replaces the host's device count
     (tests simulate devices with it on CPU). Must run before CUDA is initialised in this
-    process: afterwards ``CUDA_VISIBLE_DEVICES`` has no effect.
+    process: afterwards ``CUDA_VISIBLE_DEVICES`` has no effect. ``jobs_per_gpu`` (None: from
+    the environment, see ``jobs_per_gpu_from_env``) is how many jobs may hold one device at once.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"allocate_gpus: n must be a non-negative integer, got {n!r}")
+    shares = jobs_per_gpu_from_env() if jobs_per_gpu is None else jobs_per_gpu
+    if isinstance(shares, bool) or not isinstance(shares, int) or shares < 1:
+        raise ValueError(f"allocate_gpus: jobs_per_gpu must be a positive integer, got {shares!r}")
     if n == 0:
         yield []
         return
@@ -185,20 +220,28 @@ def allocate_gpus(
     _open_lock_dir(lock_dir)
     # jobs of different SLURM allocations may number their devices alike: never share locks
     namespace = socket.gethostname() + (f"-slurm{slurm_job}" if slurm_job else "")
-    lock_paths = {device: lock_dir / _lock_file_name(namespace, device) for device in pool}
+    lock_paths = {
+        (device, slot): lock_dir / _lock_file_name(namespace, device, slot) for device in pool for slot in range(shares)
+    }
 
     held: list[int] = []
     held_devices: list[str] = []
     start = last_report = time.monotonic()
     try:
         while True:
-            for device in pool:
-                fd = _try_lock(lock_paths[device])
-                if fd is not None:
-                    held.append(fd)
-                    held_devices.append(device)
-                    if len(held) == n:
-                        break
+            # slot 0 of every device before slot 1 of any: shared jobs spread over the devices
+            for slot in range(shares):
+                for device in pool:
+                    if device in held_devices:
+                        continue
+                    fd = _try_lock(lock_paths[(device, slot)])
+                    if fd is not None:
+                        held.append(fd)
+                        held_devices.append(device)
+                        if len(held) == n:
+                            break
+                if len(held) == n:
+                    break
             if len(held) == n:
                 break
             # holding part of the request while waiting could deadlock two jobs
@@ -221,7 +264,9 @@ def allocate_gpus(
                 )
             time.sleep(poll_s * random.uniform(0.5, 1.5))
 
-        logger.info("allocated GPU(s) %s (%s)", ",".join(held_devices), source)
+        held_devices.sort(key=pool.index)
+        sharing = f", up to {shares} jobs per device" if shares > 1 else ""
+        logger.info("allocated GPU(s) %s (%s%s)", ",".join(held_devices), source, sharing)
         with _visible_devices(held_devices, set_pci_order=given is None):
             yield list(held_devices)
     finally:

@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -98,6 +97,27 @@ def atomic_dir(path: str | os.PathLike, suffix: str = ".partial") -> Iterator[Pa
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # a hard link costs no space: checkpoints of several GB are not duplicated
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def materialise_dir(source: Path, target: Path) -> int:
+    """Copy (hard-link where possible) every non-hidden file of ``source`` into ``target``."""
+    count = 0
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        _link_or_copy(path.resolve(), target / rel)
+        count += 1
+    return count
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -289,7 +309,3 @@ def load_activations(path: str | os.PathLike, ids: Iterable[str]) -> np.ndarray:
         if missing:
             raise InputError(f"{path}: no activations for prompt id(s) {missing[:10]}")
         return np.stack([data[i] for i in ids]).astype(np.float32, copy=False)
-
-
-def is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -24,7 +24,6 @@ leading whitespace generation stripped); ``generated_tokens`` keeps the recorded
 from __future__ import annotations
 
 import gc
-import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -83,17 +82,15 @@ def teacher_forced_batch(prompts: Sequence[Sequence[int]], answers: Sequence[Seq
     return input_ids, mask, positions, max(spans), spans
 
 
-def _forward_kwargs(model) -> set[str]:
-    return set(inspect.signature(model.forward).parameters)
-
-
 def answer_logits(model, prompts, answers, pad_token_id: int):
     """Per row, the logits [len(answer) + 1, vocab] at its answer positions (on the model's device)."""
     import torch
 
+    from .architecture import accepts_logits_to_keep
+
     device = next(model.parameters()).device
     input_ids, mask, positions, keep, spans = teacher_forced_batch(prompts, answers, pad_token_id)
-    extra = {"logits_to_keep": keep} if "logits_to_keep" in _forward_kwargs(model) else {}
+    extra = {"logits_to_keep": keep} if accepts_logits_to_keep(model) else {}
     with torch.inference_mode():
         logits = model(
             input_ids=input_ids.to(device),
@@ -234,7 +231,7 @@ def run_kl(
     threads: int | None = None,
 ) -> pd.DataFrame:
     """The ``kl_divergence`` rule: per-prompt KL of one edit on one harmless prompt set."""
-    from .modeling import encode_chat, load_model, resolve_device
+    from .loading import encode_chat, load_model, resolve_device
 
     if int(max_tokens) < 0:
         raise InputError(f"config cost.kl.max_tokens must be >= 0, got {max_tokens}")

@@ -41,13 +41,9 @@ def prefix_to_share(model, sequences: Sequence[Sequence[int]], minimum: int = MI
     the one and push prefix columns out of the other, so with sliding-window layers sharing
     is only used where every sequence fits inside the cache.
     """
-    text_config = model.config.get_text_config()
-    window = getattr(text_config, "sliding_window", None)
-    layer_types = getattr(text_config, "layer_types", None) or []
-    sliding = window is not None and (
-        "sliding_attention" in layer_types or (not layer_types and getattr(text_config, "use_sliding_window", True))
-    )
-    if sliding and max((len(s) for s in sequences), default=0) >= int(window) - 1:
+    from .architecture import sliding_window, uses_sliding_window
+
+    if uses_sliding_window(model) and max((len(s) for s in sequences), default=0) >= int(sliding_window(model)) - 1:
         return 0
     return shared_prefix_length(sequences, minimum)
 

@@ -27,7 +27,6 @@ applied here.)
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -109,10 +108,11 @@ def first_answer_log_probs(model, tokenizer, encoded: list[list[int]], batch_siz
     """float32 [n, vocab] log-probabilities of the first answer token for each encoded prompt."""
     import torch
 
+    from .architecture import accepts_logits_to_keep
     from .prefix import left_padded_batch
 
     device = next(model.parameters()).device
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     rows = []
     with torch.inference_mode():
         for start in range(0, len(encoded), batch_size):
@@ -141,7 +141,7 @@ def score_candidates(
 ) -> pd.DataFrame:
     """One row per layer: refusal score and harmless KL with that layer's direction ablated."""
     from .architecture import find_decoder_stack
-    from .modeling import encode_chat
+    from .loading import encode_chat
 
     if not harmful or not harmless:
         raise ValueError("direction selection needs held-out unsafe and safe prompts; got none of one kind")
@@ -218,13 +218,12 @@ def run_selection(
 ) -> int:
     """Score every candidate layer on the held-out construction prompts and write the choice."""
     from . import io
-    from .edit import read_directions
-    from .modeling import load_model
-    from .split import first_per_area_and_label, read_split
+    from .directions import read_directions
+    from .loading import load_model
+    from .split import TEST, split_rows
 
     directions = read_directions(directions_npz)
-    split = read_split(split_csv)
-    held_out = first_per_area_and_label(split[split["split"] == "test"], selection.get("prompts_per_label_per_area"))
+    held_out = split_rows(split_csv, TEST, selection.get("prompts_per_label_per_area"))
     harmful = held_out[held_out["label"] == "unsafe"]["prompt"].tolist()
     harmless = held_out[held_out["label"] == "safe"]["prompt"].tolist()
     log.info("selection on %d held-out unsafe and %d safe prompts", len(harmful), len(harmless))

@@ -192,6 +192,9 @@ def read_split(path: str | os.PathLike) -> pd.DataFrame:
     bad = frame.index[~frame["split"].isin([CONSTRUCTION, TEST])]
     if len(bad):
         raise InputError(f"{path}: 'split' must be construction or test; bad line(s) {_lines(bad + 2)}")
+    bad_label = frame.index[~frame["label"].isin(LABELS)]
+    if len(bad_label):
+        raise InputError(f"{path}: 'label' must be safe or unsafe; bad line(s) {[int(i) + 2 for i in bad_label[:20]]}")
     empty = frame.index[frame["prompt"].str.strip() == ""]
     if len(empty):
         raise InputError(f"{path}: empty prompt in file line(s) {[int(i) + 2 for i in empty[:10]]}")
@@ -199,6 +202,22 @@ def read_split(path: str | os.PathLike) -> pd.DataFrame:
         dup = frame.index[frame["id"].duplicated(keep=False)]
         raise InputError(f"{path}: duplicate prompt ids at line(s) {_lines(dup + 2)}")
     return frame
+
+
+def split_rows(split_csv: str | os.PathLike, part: str, per_label_per_area: int | None = None) -> pd.DataFrame:
+    """The rows of one part of the split file, ``construction`` or ``test`` (held out), in
+    file order and read through ``read_split``; with safe and unsafe prompts both present.
+    ``per_label_per_area`` keeps the first n of each area and label (all when None)."""
+    if part not in (CONSTRUCTION, TEST):
+        raise ValueError(f"split part {part!r} is not {CONSTRUCTION!r} or {TEST!r}")
+    frame = read_split(split_csv)
+    rows = frame[frame["split"] == part]
+    if rows.empty:
+        raise InputError(f"{split_csv}: no rows with split == {part!r}")
+    for label in LABELS:
+        if not (rows["label"] == label).any():
+            raise InputError(f"{split_csv}: the {part} split has no {label!r} prompts")
+    return first_per_area_and_label(rows.reset_index(drop=True), per_label_per_area)
 
 
 def run_split(

@@ -10,7 +10,6 @@ benchmark stay unseen, which is what makes the later measurements meaningful.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .io import InputError, atomic_dir, read_questions, write_csv
-from .split import first_per_area_and_label, read_split
+from .split import CONSTRUCTION, first_per_area_and_label, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +40,6 @@ class TrainingExample:
 
 
 # ---------------------------------------------------------------- inputs
-
-
-def read_construction_rows(split_csv: str | os.PathLike) -> pd.DataFrame:
-    """The construction-split rows of the split file (in file order), validated."""
-    frame = read_split(split_csv)
-    rows = frame[frame["split"] == "construction"]
-    if rows.empty:
-        raise InputError(f"{split_csv}: no rows with split == 'construction' to tune on")
-    bad_label = rows.index[~rows["label"].isin(["safe", "unsafe"])]
-    if len(bad_label):
-        raise InputError(
-            f"{split_csv}: column 'label' must be safe or unsafe; bad rows (file lines) "
-            f"{[int(i) + 2 for i in bad_label[:10]]}"
-        )
-    for label in ("safe", "unsafe"):
-        if not (rows["label"] == label).any():
-            raise InputError(f"{split_csv}: the construction split has no '{label}' prompts")
-    return rows.reset_index(drop=True)
 
 
 def _normalised(text: str) -> str:
@@ -86,25 +67,6 @@ def check_disjoint_from_benchmark(
         )
 
 
-def validate_tune_settings(tune: dict) -> dict:
-    missing = [k for k in TUNE_KEYS if k not in tune]
-    if missing:
-        raise InputError(f"config refusal_tune: missing keys {missing}")
-    if not isinstance(tune["refusal"], str) or not tune["refusal"].strip():
-        raise InputError("config refusal_tune.refusal: must be a non-empty sentence")
-    for key in ("epochs", "batch_size", "safe_answer_tokens"):
-        if isinstance(tune[key], bool) or not isinstance(tune[key], int) or tune[key] < 1:
-            raise InputError(f"config refusal_tune.{key}: must be a positive integer, got {tune[key]!r}")
-    if not float(tune["learning_rate"]) > 0:
-        raise InputError(f"config refusal_tune.learning_rate: must be positive, got {tune['learning_rate']!r}")
-    per_area = tune.get("prompts_per_label_per_area")
-    if per_area is not None and (isinstance(per_area, bool) or not isinstance(per_area, int) or per_area < 1):
-        raise InputError(
-            f"config refusal_tune.prompts_per_label_per_area: must be a positive integer or null, got {per_area!r}"
-        )
-    return tune
-
-
 # ---------------------------------------------------------------- training examples
 
 
@@ -115,7 +77,7 @@ def end_of_turn_id(tokenizer, stop_ids: Sequence[int]) -> int:
     ``<end_of_turn>`` for Gemma), not whatever the tokenizer calls eos, and it must be a
     stop token, or the tuned model would learn to end its turn where generation runs on.
     """
-    from .modeling import end_of_turn_token
+    from .loading import end_of_turn_token
 
     token = end_of_turn_token(tokenizer)
     if token is None:
@@ -147,7 +109,7 @@ def build_examples(
 ) -> list[TrainingExample]:
     """Unsafe prompts -> the refusal sentence; safe prompts -> the model's own greedy answer."""
     from .engine import iter_greedy
-    from .modeling import encode_chat
+    from .loading import encode_chat
 
     eot = end_of_turn_id(tokenizer, stop_ids)
     prompt_ids = encode_chat(tokenizer, rows["prompt"].tolist())
@@ -206,7 +168,9 @@ def answer_loss(model, input_ids, attention, labels):
     import torch
     import torch.nn.functional as F
 
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    from .architecture import accepts_logits_to_keep
+
+    if not accepts_logits_to_keep(model):
         return model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
     labelled = labels != IGNORE_INDEX
     if not bool(labelled[:, 1:].any()):
@@ -297,10 +261,10 @@ def refusal_tune(
     """
     import torch
 
-    from .modeling import load_model, stop_token_ids
+    from .loading import load_model, stop_token_ids
 
-    tune = validate_tune_settings(tune)
-    rows = read_construction_rows(split_csv)
+    # the settings were checked by the config schema (refusal_tune, required when enabled)
+    rows = split_rows(split_csv, CONSTRUCTION)
     if benchmark_questions is not None:
         questions = read_questions(benchmark_questions)
         check_disjoint_from_benchmark(rows, questions, str(split_csv), str(benchmark_questions))

@@ -22,7 +22,6 @@ for scale. A ratio near 0 means the edit removed the direction there; near 1, no
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -30,12 +29,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from refusal_ablation.edit import read_directions
+from refusal_ablation.directions import read_directions
 from refusal_ablation.io import InputError
-from refusal_ablation.modeling import encode_chat, load_model
+from refusal_ablation.loading import encode_chat, load_model
 from refusal_ablation.prefix import left_padded_batch
 from refusal_ablation.runtime import RateLogger
-from refusal_ablation.split import CONSTRUCTION, LABELS, first_per_area_and_label, read_split
+from refusal_ablation.split import CONSTRUCTION, LABELS, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -55,25 +54,13 @@ PROJECTION_COLUMNS = [
 ]
 
 
-def construction_prompts(split_csv: str | os.PathLike, per_label_per_area: int | None = None) -> pd.DataFrame:
-    """Construction-split rows (all, or the first ``per_label_per_area`` of each area and label)."""
-    split = read_split(split_csv)
-    rows = split[split["split"] == CONSTRUCTION]
-    if rows.empty:
-        raise InputError(f"{split_csv}: no rows with split == {CONSTRUCTION}")
-    bad = rows.index[~rows["label"].isin(LABELS)]
-    if len(bad):
-        raise InputError(f"{split_csv}: 'label' must be safe or unsafe; bad line(s) {(bad + 2).tolist()[:20]}")
-    return first_per_area_and_label(rows.reset_index(drop=True), per_label_per_area)
-
-
 def layer_projections(
     model, tokenizer, prompts: Sequence[str], directions: np.ndarray, batch_size: int, source: str = "directions"
 ) -> dict[tuple[str, str, str], np.ndarray]:
     """Per prompt and layer, keyed (measure, "proj" | "norm", position): |x . d_l| and |x|."""
     import torch
 
-    from refusal_ablation.architecture import residual_writers
+    from refusal_ablation.architecture import accepts_logits_to_keep, residual_writers
 
     structure = residual_writers(model)
     stack = structure.stack
@@ -116,7 +103,7 @@ def layer_projections(
             module = writer.norm if writer.norm is not None else writer.linear
             hooks.append(module.register_forward_hook(add_write(writer.layer)))
     order = sorted(range(n), key=lambda i: len(encoded[i]))
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     progress = RateLogger(log, n, "prompts")
     try:
         for start in range(0, n, batch_size):
@@ -164,7 +151,7 @@ def residual_projection(
     """Per measure, layer, label and position: mean |x . d_l| before and after the edit, and the ratio."""
     import gc
 
-    prompts = construction_prompts(split_csv, prompts_per_label_per_area)
+    prompts = split_rows(split_csv, CONSTRUCTION, prompts_per_label_per_area)
     directions = read_directions(directions_npz)
     measured = {}
     for condition, model_dir in (("baseline", model_dir_baseline), ("edited", model_dir_edited)):
@@ -225,7 +212,7 @@ def plot_residual_projection(frame: pd.DataFrame, png: str | os.PathLike, title:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from refusal_ablation.io import atomic_path
+    from refusal_ablation.figure_files import save_figure
 
     labels = [label for label in LABELS if (frame["label"] == label).any()]
     panels = [
@@ -257,9 +244,7 @@ def plot_residual_projection(frame: pd.DataFrame, png: str | os.PathLike, title:
     axes[0][0].legend(loc="best", fontsize=9)
     fig.suptitle(title or "Residual component along d, before and after, per layer")
     fig.tight_layout()
-    with atomic_path(png, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, [png], dpi=120)
 
 
 def run_verify_edit(

@@ -29,17 +29,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
-from ..hub import HubAccessError
+from ..downloads import GatedAccessError, HubAccessError, download_file, failure_reason, hub_failure_message
 from ..io import (
     InputError,
     answer_record,
+    atomic_dir,
+    materialise_dir,
     read_jsonl,
     read_jsonl_lines,
     read_questions,
@@ -49,7 +49,8 @@ from ..io import (
     write_csv,
     write_jsonl,
 )
-from . import answers_by_question, describe_ids, id_mismatch, judgment_table
+from ..question_ids import describe_ids, id_mismatch
+from .records import answers_by_question, judgment_table
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,6 @@ JUDGE_NAME = "ft-mistral-7b-instruct-v0.2"
 JUDGE_CHECKPOINT = "ckpts/finetuned_models/ft-mistral-7b-instruct-v0.2-sorry-bench-202406"
 QUESTION_FIELDS = ("question_id", "category", "turns", "prompt_style")
 GITHUB_RAW = "https://raw.githubusercontent.com"
-
-
-class GatedAccessError(HubAccessError):
-    """The judge weights could not be downloaded because access to the gated repo is missing."""
 
 
 # ---------------------------------------------------------------- evaluator files and manifest
@@ -122,15 +119,6 @@ def raw_github_url(repo: str, commit: str) -> str:
     return f"{GITHUB_RAW}/{repo}/{commit}"
 
 
-def download(url: str, out_path: Path, hint: str) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(out_path, "wb") as fh:
-            shutil.copyfileobj(response, fh)
-    except (urllib.error.URLError, OSError) as exc:
-        raise RuntimeError(f"could not download {url}: {exc}; {hint}") from None
-
-
 def fetch_official_evaluator(
     manifest_path: str | os.PathLike,
     destination: str | os.PathLike,
@@ -170,7 +158,7 @@ def fetch_official_evaluator(
             )
             for rel in manifest:
                 log.info("downloading %s/%s", base, rel)
-                download(f"{base}/{rel}", staging / rel, hint)
+                download_file(f"{base}/{rel}", staging / rel, hint=hint)
             origin = base
         problems = hash_problems(staging, manifest, lambda rel: f"{origin}/{rel}")
         if problems:
@@ -208,55 +196,51 @@ def duplicate_weight_patterns(repo_files: list[str]) -> list[str]:
     return ["*.bin", "*.pt", "*.pth", "*.ckpt", "consolidated.safetensors", "original/*"]
 
 
-def judge_download_message(repo_id: str, revision: str, token_set: bool, exc: BaseException) -> str:
-    """The shared Hub failure message (``hub.py``) for the judge weights."""
-    from ..hub import hub_failure_message
-
-    return hub_failure_message(
-        exc, "the SORRY-Bench judge", repo_id, revision, token_set, config_key="official_judge.judge_model"
-    )
-
-
 def download_judge(
     repo_id: str,
     revision: str,
     destination: str | os.PathLike,
     token: str | None = None,
     endpoint: str | None = None,
+    downloads_dir: str | os.PathLike = "resources/downloads",
 ) -> None:
     """Download the judge weights at ``revision`` into ``destination`` (resumable).
 
-    The download goes to ``<destination>.partial`` first, which a rerun resumes, and is
-    renamed into place only when complete.
+    The files go to the Hugging Face cache under ``downloads_dir`` first (where the model's
+    go too), which a rerun resumes; ``destination`` is then filled with hard links to them
+    (``io.materialise_dir``) in a staging directory renamed into place only when complete
+    (``io.atomic_dir``).
     """
     from huggingface_hub import HfApi, snapshot_download
 
-    from ..hub import failure_reason
-
     token = token or os.environ.get("HF_TOKEN") or None
     destination = Path(destination)
-    partial = destination.with_name(destination.name + ".partial")
+    cache = Path(downloads_dir) / "huggingface"
     try:
         repo_files = HfApi(endpoint=endpoint, token=token).list_repo_files(repo_id, revision=revision)
-        log.info("downloading %s at %s (%d files in the repo) into %s", repo_id, revision, len(repo_files), partial)
-        snapshot_download(
-            repo_id,
-            revision=revision,
-            local_dir=partial,
-            token=token,
-            endpoint=endpoint,
-            ignore_patterns=duplicate_weight_patterns(repo_files),
+        log.info("downloading %s at %s (%d files in the repo) into %s", repo_id, revision, len(repo_files), cache)
+        snapshot = Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=cache,
+                token=token,
+                endpoint=endpoint,
+                ignore_patterns=duplicate_weight_patterns(repo_files),
+            )
         )
     except Exception as exc:
         reason = failure_reason(exc)
         error = GatedAccessError if reason in ("gated", "not_found") else HubAccessError
-        raise error(judge_download_message(repo_id, revision, token is not None, exc)) from None
-    if not (partial / "config.json").is_file():
-        raise InputError(f"{repo_id} at {revision}: the download in {partial} has no config.json")
-    if destination.exists():
-        shutil.rmtree(destination)
-    os.replace(partial, destination)
-    log.info("judge weights ready in %s", destination)
+        message = hub_failure_message(
+            exc, "the SORRY-Bench judge", repo_id, revision, token is not None, config_key="official_judge.judge_model"
+        )
+        raise error(message) from None
+    if not (snapshot / "config.json").is_file():
+        raise InputError(f"{repo_id} at {revision}: the download in {snapshot} has no config.json")
+    with atomic_dir(destination) as staging:
+        count = materialise_dir(snapshot, staging)
+    log.info("judge weights ready in %s (%d files)", destination, count)
 
 
 # ---------------------------------------------------------------- export to the official layout

@@ -30,7 +30,7 @@ import os
 import re
 
 from ..io import read_questions, write_csv
-from . import answers_by_question, judgment_table
+from .records import answers_by_question, judgment_table
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,51 @@
-"""One message for a failed Hugging Face Hub download: what, why, what to do.
+"""Everything the workflow fetches over the network, and the one message when that fails.
+
+``download_file`` fetches a file by URL (the construction CSV, XSTest, the official
+evaluator's files): written beside its target and renamed into place (``io.atomic_path``),
+checked against its SHA-256 when one is given, so a failed or changed download never
+leaves a file that looks complete.
 
 The model (``prepare_model``), the benchmark (``benchmark_questions``) and the judge weights
-(``download_judge``) all come from the Hub, and fail for the same few reasons: no network
-(or ``HF_HUB_OFFLINE`` set), no ``HF_TOKEN``, terms not accepted with the token's account,
-a wrong repository or revision. Each failure is turned into a ``HubAccessError`` whose
-message names what was fetched, which of these reasons applies and the next step.
+(``download_judge``) come from the Hugging Face Hub, and fail for the same few reasons: no
+network (or ``HF_HUB_OFFLINE`` set), no ``HF_TOKEN``, terms not accepted with the token's
+account, a wrong repository or revision. ``hub_failure_message`` is the one message for
+all of them: it names what was fetched, which of these reasons applies and the next step.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import urllib.request
+from pathlib import Path
+
+from .io import atomic_path, verify_sha256
+
+log = logging.getLogger(__name__)
+
+
+def download_file(url: str, out_path: str | os.PathLike, sha256: str | None = None, hint: str = "") -> None:
+    """Download ``url`` to ``out_path``; verified against ``sha256`` (when given) before it is
+    moved in. ``hint`` (what to do instead) ends the message of a failed download."""
+    with atomic_path(out_path) as tmp:
+        log.info("downloading %s", url)
+        try:
+            with urllib.request.urlopen(url, timeout=120) as response, open(tmp, "wb") as fh:
+                shutil.copyfileobj(response, fh)
+        except OSError as exc:
+            raise RuntimeError(f"could not download {url}: {exc}" + (f"; {hint}" if hint else "")) from exc
+        if sha256:
+            verify_sha256(tmp, sha256)
+        log.info("saved %s (%d bytes)", out_path, Path(tmp).stat().st_size)
 
 
 class HubAccessError(RuntimeError):
     """A Hub download failed; the message says what was fetched, why, and what to do."""
+
+
+class GatedAccessError(HubAccessError):
+    """A Hub download failed because access to a gated repository is missing."""
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
