@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow" / "scripts"))
 
+from refusal_ablation import architecture  # noqa: E402
 from refusal_ablation.architecture import find_decoder_stack  # noqa: E402
 from refusal_ablation.engine import _exact_cublas_reductions, _SlotDecoder, iter_greedy  # noqa: E402
 
@@ -140,7 +141,7 @@ class StepCost:
     """Bytes and FLOPs one decode step must move/do, for given context lengths of the active rows."""
 
     def __init__(self, model):
-        text = model.config.get_text_config()
+        text = architecture.text_config(model)
         stack = find_decoder_stack(model)
         layers = stack.layers
         element = next(model.parameters()).element_size()

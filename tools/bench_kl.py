@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_generation import E4B_TEXT, TINY_TEXT, build_model  # noqa: E402
 
+from refusal_ablation import architecture  # noqa: E402
 from refusal_ablation.edit import apply_edit, plan_edit  # noqa: E402
 from refusal_ablation.kl import prompt_kl  # noqa: E402
 
@@ -49,7 +50,7 @@ def random_workload(n: int, answer_tokens: int, vocab: int, rng: np.random.Gener
 def edited_copy(model, rng: np.random.Generator):
     """A copy with the reference edit along random unit directions, one per layer."""
     edited = copy.deepcopy(model)
-    text = model.config.get_text_config()
+    text = architecture.text_config(model)
     directions = rng.standard_normal((text.num_hidden_layers, text.hidden_size)).astype(np.float32)
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     apply_edit(plan_edit(edited, directions, "reference"))

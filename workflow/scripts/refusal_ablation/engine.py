@@ -52,7 +52,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
-from refusal_ablation import kernels
+from refusal_ablation import architecture, kernels
 from refusal_ablation.architecture import ArchitectureError, find_decoder_stack
 from refusal_ablation.prefix import SharedPrefix, left_padded_batch, prefix_to_share
 from refusal_ablation.runtime import RateLogger
@@ -208,15 +208,14 @@ def continuous_unsupported_reason(model) -> str | None:
         layers = find_decoder_stack(model).layers
     except ArchitectureError as err:
         return str(err)
-    text_config = model.config.get_text_config()
-    layer_types = getattr(text_config, "layer_types", None)
+    layer_types = architecture.layer_types(model)
     if layer_types is not None:
         unknown = set(layer_types) - {"full_attention", "sliding_attention"}
         if unknown:
             return f"layer types {sorted(unknown)} are not supported"
         if len(layer_types) != len(layers):
             return f"{len(layer_types)} layer types for {len(layers)} decoder layers"
-    elif getattr(text_config, "sliding_window", None) and getattr(text_config, "use_sliding_window", True):
+    elif architecture.sliding_window(model) and architecture.uses_sliding_window(model):
         return "sliding-window attention without per-layer layer_types"
     for layer in layers:
         if not hasattr(layer.self_attn, "config"):
@@ -488,9 +487,8 @@ class _SlotDecoder:
             self.fused_norms = _fused_norm_forwards(model) if fuse_norms is not False else []
         layers = find_decoder_stack(model).layers
         self.attn_configs = list({id(l.self_attn.config): l.self_attn.config for l in layers}.values())
-        text_config = model.config.get_text_config()
-        self.layer_types = getattr(text_config, "layer_types", None)
-        self.window = getattr(text_config, "sliding_window", None)
+        self.layer_types = architecture.layer_types(model)
+        self.window = architecture.sliding_window(model)
         self.max_len = max(len(p) + c for p, c in zip(prompts, caps))
         if self.invariant:
             # every length bucket a whole number of attention chunks
