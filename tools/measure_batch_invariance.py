@@ -41,7 +41,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
-from refusal_ablation import io  # noqa: E402
+from refusal_ablation import architecture, io  # noqa: E402
+from refusal_ablation.architecture import find_decoder_stack  # noqa: E402
 from refusal_ablation.benchmark import heldout_questions, prepare_benchmark_questions  # noqa: E402
 from refusal_ablation.engine import (  # noqa: E402
     _decode_attention,
@@ -112,8 +113,9 @@ def causes(model, prompts, pad) -> dict:
     """Row 0's result when only the buffer length or the other rows change."""
     torch.manual_seed(0)
     device, dtype = model.device, next(model.parameters()).dtype
-    attn = model.model.layers[0].self_attn
-    n_heads, n_kv, dim = model.config.num_attention_heads, model.config.num_key_value_heads, attn.head_dim
+    attn = find_decoder_stack(model).layers[0].self_attn
+    text = architecture.text_config(model)
+    n_heads, n_kv, dim = text.num_attention_heads, text.num_key_value_heads, attn.head_dim
     query = torch.randn(4, n_heads, 1, dim, device=device, dtype=dtype)
     keys = torch.randn(4, n_kv, 4096, dim, device=device, dtype=dtype)
     values = torch.randn(4, n_kv, 4096, dim, device=device, dtype=dtype)
@@ -132,7 +134,7 @@ def causes(model, prompts, pad) -> dict:
             mask = (torch.arange(512, device=device)[None, :] < valid[:batch, None])[:, None, None, :]
             results_b[batch] = fn(None, query[:batch], keys[:batch, :, :512], values[:batch, :, :512], mask)[0]
         out[f"decode_attention_{name}_batch_1_vs_4"] = _bitwise(results_b[1][0], results_b[4][0])
-    hidden = torch.randn(448, 1, model.config.hidden_size, device=device, dtype=dtype)
+    hidden = torch.randn(448, 1, text.hidden_size, device=device, dtype=dtype)
     with torch.inference_mode():
         for name, module in (("rmsnorm", model.model.norm), ("q_proj", attn.q_proj), ("lm_head", model.lm_head)):
             alone = module(hidden[:1])
