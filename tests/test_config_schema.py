@@ -147,6 +147,7 @@ def test_official_judge_block_is_needed_only_by_the_official_judge():
         (lambda c: c["refusal_tune"].update(refusal="   "), "refusal"),
         (lambda c: c["refusal_tune"].update(learning_rate=0), "learning_rate"),
         (lambda c: c["refusal_tune"].update(batch_size=True), "batch_size"),
+        (lambda c: c["refusal_tune"].update(prompts_per_label_per_area=0), "prompts_per_label_per_area"),
     ],
 )
 def test_bad_refusal_tune_names_the_key(mutate, fragment):
