@@ -16,6 +16,15 @@ def load(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
+def assert_rejected_naming(config, mutate, fragment):
+    """The schema rejects ``config`` changed by ``mutate``, and its message names ``fragment``."""
+    config = copy.deepcopy(config)
+    mutate(config)
+    with pytest.raises(WorkflowError) as err:
+        validate(config, schema=SCHEMA)
+    assert fragment in str(err.value)
+
+
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml", "gemma3.yaml"])
 def test_shipped_configs_validate(name):
     validate(load(name), schema=SCHEMA)
@@ -46,11 +55,7 @@ def test_reference_config_holds_the_reference_pins():
     ],
 )
 def test_bad_config_names_the_key(mutate, fragment):
-    config = copy.deepcopy(load("config.yaml"))
-    mutate(config)
-    with pytest.raises(WorkflowError) as err:
-        validate(config, schema=SCHEMA)
-    assert fragment in str(err.value)
+    assert_rejected_naming(load("config.yaml"), mutate, fragment)
 
 
 def test_reference_config_measures_the_cost_with_the_pinned_xstest():
@@ -74,11 +79,7 @@ def test_reference_config_measures_the_cost_with_the_pinned_xstest():
     ],
 )
 def test_bad_cost_config_names_the_key(mutate, fragment):
-    config = copy.deepcopy(load("config.yaml"))
-    mutate(config)
-    with pytest.raises(WorkflowError) as err:
-        validate(config, schema=SCHEMA)
-    assert fragment in str(err.value)
+    assert_rejected_naming(load("config.yaml"), mutate, fragment)
 
 
 def test_schema_engines_are_the_engines_the_code_knows():
@@ -90,11 +91,7 @@ def test_schema_engines_are_the_engines_the_code_knows():
 
 @pytest.mark.parametrize("value", [0, -1, "4", 1.5])
 def test_jobs_per_gpu_must_be_a_positive_integer(value):
-    config = copy.deepcopy(load("config.yaml"))
-    config["compute"]["jobs_per_gpu"] = value
-    with pytest.raises(WorkflowError) as err:
-        validate(config, schema=SCHEMA)
-    assert "jobs_per_gpu" in str(err.value)
+    assert_rejected_naming(load("config.yaml"), lambda c: c["compute"].update(jobs_per_gpu=value), "jobs_per_gpu")
 
 
 def test_jobs_per_gpu_defaults_to_one():
@@ -124,11 +121,7 @@ def _evaluator(config):
     ],
 )
 def test_bad_official_judge_names_the_key(mutate, fragment):
-    config = copy.deepcopy(load("config.yaml"))
-    mutate(config)
-    with pytest.raises(WorkflowError) as err:
-        validate(config, schema=SCHEMA)
-    assert fragment in str(err.value)
+    assert_rejected_naming(load("config.yaml"), mutate, fragment)
 
 
 def test_official_judge_block_is_needed_only_by_the_official_judge():
@@ -151,11 +144,7 @@ def test_official_judge_block_is_needed_only_by_the_official_judge():
     ],
 )
 def test_bad_refusal_tune_names_the_key(mutate, fragment):
-    config = copy.deepcopy(load("demo.yaml"))
-    mutate(config)
-    with pytest.raises(WorkflowError) as err:
-        validate(config, schema=SCHEMA)
-    assert fragment in str(err.value)
+    assert_rejected_naming(load("demo.yaml"), mutate, fragment)
 
 
 def test_a_disabled_refusal_tune_needs_no_settings():
