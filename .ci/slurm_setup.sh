@@ -4,19 +4,22 @@
 #   bash .ci/slurm_setup.sh [start]   install, configure, start, wait until the node is idle
 #   bash .ci/slurm_setup.sh stop      the same as .ci/slurm_teardown.sh
 #
-# The node offers one fake GPU (gres on /dev/null), so `gpu=1` requests are scheduled for
-# real on a CPU-only machine. No slurmdbd: sacct does not work, so the workflow polls squeue.
+# The node offers fake GPUs (gres on character devices such as /dev/null), so `gpu=1` requests
+# are scheduled for real on a CPU-only machine: SLURM hands each job its own device and runs
+# no more GPU jobs at once than there are fake GPUs. No slurmdbd: sacct does not work, so the workflow polls squeue.
 #
 # Environment:
 #   SLURM_CI_STATE_DIR   state, spool, logs and the recorded PIDs
 #                        (default /var/tmp/refusal-ablation-slurm)
 #   SLURM_CI_MIN_JOB_AGE seconds a finished job stays visible to squeue (default 300; keep it
 #                        >= 3x the profile's slurm-init-seconds-before-status-checks)
+#   SLURM_CI_GPUS        fake GPUs on the node (default 2, at most 5): two, so that the demo's
+#                        one-thread GPU jobs keep both cores of a 2-core CI machine busy
 #   SLURM_CI_NODE_CPUS, SLURM_CI_NODE_MEMORY_MB
 #                        the size the node advertises (default 16 CPUs, 131072 MB): room for
-#                        the profile's own requests, two GPU jobs' worth at once, so that
-#                        only the one GPU keeps GPU jobs apart. The machine may be smaller:
-#                        this SLURM neither checks nor enforces CPU and memory limits.
+#                        the profile's own requests, one GPU job's worth more than there are
+#                        GPUs, so that only the GPUs keep GPU jobs apart. The machine may be
+#                        smaller: this SLURM neither checks nor enforces CPU and memory limits.
 set -euo pipefail
 
 STATE_DIR="${SLURM_CI_STATE_DIR:-/var/tmp/refusal-ablation-slurm}"
@@ -64,6 +67,13 @@ log "install step took $(($(date +%s) - t_install)) s"
 host="$(hostname -s)"
 cpus="${SLURM_CI_NODE_CPUS:-16}"
 real_memory="${SLURM_CI_NODE_MEMORY_MB:-131072}"
+gpus="${SLURM_CI_GPUS:-2}"
+# one distinct character device per fake GPU: files that every Linux machine has
+fake_gpu_devices=(/dev/null /dev/zero /dev/full /dev/random /dev/urandom)
+if ! [[ "$gpus" =~ ^[1-5]$ ]]; then
+    log "SLURM_CI_GPUS must be 1 to ${#fake_gpu_devices[@]}, got '$gpus'"
+    exit 1
+fi
 
 mkdir -p "$STATE_DIR"/{ctld,spool} /etc/slurm
 rm -f "$STATE_DIR"/*.log "$STATE_DIR"/pids
@@ -96,16 +106,18 @@ SchedulerType=sched/backfill
 # trust the node size below instead of draining a node that has less
 SlurmdParameters=config_overrides
 GresTypes=gpu
-NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${real_memory} Gres=gpu:1 State=UNKNOWN
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=${real_memory} Gres=gpu:${gpus} State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 
 cat >/etc/slurm/gres.conf <<EOF
 $MARKER
-# a fake GPU: lets --gpus=1 be scheduled on a machine without one
+# fake GPUs: let --gpus=N be scheduled on a machine without one
 AutoDetect=off
-NodeName=${host} Name=gpu Count=1 File=/dev/null
 EOF
+for device in "${fake_gpu_devices[@]:0:$gpus}"; do
+    echo "NodeName=${host} Name=gpu File=${device}" >>/etc/slurm/gres.conf
+done
 
 t_start_ns=$(date +%s%N)
 

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 import pytest
-from sklearn.metrics import cohen_kappa_score
+from statsmodels.stats.inter_rater import cohens_kappa
 
 from refusal_ablation.io import JUDGMENT_COLUMNS, InputError, answer_record, read_judgments, write_csv, write_jsonl
 from refusal_ablation.judges.agreement import agreement_table, cohen_kappa, judge_agreement
@@ -164,7 +164,9 @@ def test_cohen_kappa_matches_the_hand_computed_value():
     # Observed agreement 7/10; both-1 by chance 0.6*0.5, both-0 0.4*0.5, so 0.5 by chance;
     # kappa = (0.7 - 0.5) / (1 - 0.5) = 0.4.
     assert cohen_kappa(official, strmatch) == pytest.approx(0.4)
-    assert cohen_kappa(official, strmatch) == pytest.approx(cohen_kappa_score(official, strmatch))
+    # and statsmodels' implementation agrees
+    table = pd.crosstab(pd.Series(official), pd.Series(strmatch)).to_numpy()
+    assert cohen_kappa(official, strmatch) == pytest.approx(cohens_kappa(table).kappa)
 
 
 def test_cohen_kappa_is_undefined_when_both_judges_give_one_label():

@@ -1,7 +1,7 @@
 """profiles/slurm against a real SLURM cluster: jobs go through sbatch, GPU rules get a GPU.
 
 Needs a running cluster (CI starts a single-node one with .ci/slurm_setup.sh, whose node
-offers one fake GPU); skipped where `sinfo` does not answer. Snakemake runs with the
+offers two fake GPUs); skipped where `sinfo` does not answer. Snakemake runs with the
 profile as users run it, plus the few overrides in CI_OVERRIDES, each explained there.
 """
 
@@ -173,7 +173,7 @@ rule generate_answers:
         given = os.environ.get("CUDA_VISIBLE_DEVICES")
         with allocate_gpus(resources.gpu) as devices:
             seen = os.environ.get("CUDA_VISIBLE_DEVICES")
-            time.sleep(2)
+            time.sleep(3)
         record = dict(
             slurm_job_id=os.environ.get("SLURM_JOB_ID"),
             given=given,
@@ -203,7 +203,7 @@ rule fit_directions:
 
 rule gather_answers:
     input:
-        shards=expand("shard-{{shard}}.json", shard=range(2)),
+        shards=expand("shard-{{shard}}.json", shard=range({shards})),
         cpu="cpu.json",
     output:
         "gathered.json",
@@ -216,31 +216,37 @@ rule gather_answers:
 
 
 def test_gpu_and_cpu_jobs_go_through_sbatch_with_the_profile(tmp_path, slurm_cluster):
-    (tmp_path / "Snakefile").write_text(TRIVIAL_WORKFLOW.format(scripts=str(REPO / "workflow" / "scripts")))
+    # one GPU job more than the cluster has GPUs: SLURM must hold one back
+    shards = slurm_cluster["gpus"] + 1
+    (tmp_path / "Snakefile").write_text(
+        TRIVIAL_WORKFLOW.format(scripts=str(REPO / "workflow" / "scripts"), shards=shards)
+    )
     args = ["--workflow-profile", str(SLURM_PROFILE), *CI_OVERRIDES]
     rc, output = run_snakemake(tmp_path, args, timeout_s=600, log_name="snakemake.log")
     assert rc == 0, failure_report(tmp_path, output)
 
     calls = sbatch_calls(output)
-    assert sorted(call["rule"] for call in calls) == ["fit_directions", "generate_answers", "generate_answers"]
+    assert sorted(call["rule"] for call in calls) == ["fit_directions"] + ["generate_answers"] * shards
     assert_submitted_as_profiled(calls)
-    assert_every_job_ran_under_slurm(output, tmp_path, n_jobs=3)
+    assert_every_job_ran_under_slurm(output, tmp_path, n_jobs=shards + 1)
 
-    *shards, cpu, local = json.loads((tmp_path / "gathered.json").read_text())
+    *shard_records, cpu, local = json.loads((tmp_path / "gathered.json").read_text())
     submitted_ids = {job_id for job_id, _ in SUBMITTED.findall(output)}
-    for shard in shards:
+    for shard in shard_records:
         assert shard["slurm_job_id"] in submitted_ids
         assert shard["gpu"] == rule_resources("generate_answers")["gpu"] == 1
         # SLURM picked the device; the allocator used it as given
         assert shard["given"] and shard["devices"] == shard["given"].split(",")
         assert shard["seen"] == shard["given"]
-    if slurm_cluster["gpus"] == 1:
-        # one GPU in the cluster: SLURM must not run the two GPU jobs at once, although
-        # the node's CPUs and memory would allow it
+    if len(slurm_cluster["nodes"]) == 1:
+        # the node's CPUs and memory would run every GPU job at once; only the GPUs may keep
+        # them apart: never more GPU jobs at a time than GPUs, each on a device of its own
         gpu_job, node = rule_resources("generate_answers"), slurm_cluster["nodes"][0]
-        assert 2 * gpu_job["cpus_per_task"] <= node["cpus"] and 2 * gpu_job["mem_mb"] <= node["mem_mb"]
-        first, second = sorted(shards, key=lambda shard: shard["started"])
-        assert first["ended"] <= second["started"]
+        assert shards * gpu_job["cpus_per_task"] <= node["cpus"] and shards * gpu_job["mem_mb"] <= node["mem_mb"]
+        for shard in shard_records:
+            running = [other for other in shard_records if other["started"] <= shard["started"] < other["ended"]]
+            assert len(running) <= slurm_cluster["gpus"], running
+            assert len({other["given"] for other in running}) == len(running), running
     assert cpu["slurm_job_id"] in submitted_ids and cpu["given"] is None
     assert local["gather_slurm_job_id"] is None
 

@@ -4,7 +4,6 @@ import logging
 
 import pandas as pd
 import pytest
-from sklearn.model_selection import train_test_split
 
 from refusal_ablation.io import InputError
 from refusal_ablation.split import (
@@ -87,14 +86,42 @@ def test_reference_areas_and_seed_give_the_documented_construction_areas(referen
     assert test == sorted(set(REFERENCE_AREAS) - set(REFERENCE_CONSTRUCTION_AREAS))
 
 
-@pytest.mark.parametrize("seed,construction_areas", [(0, 8), (7, 3), (2445, 6), (99, 11)])
+# What scikit-learn 1.9.1's train_test_split(sorted areas, train_size=k, random_state=seed), the
+# reference code's call, keeps as the train (construction) part. Recorded with scikit-learn on
+# 2026-12-08, when policy_area_split stopped importing it; the numpy permutation it now uses
+# agreed with scikit-learn for every seed 0-299 and every k 1-11 on these 12 areas.
+SKLEARN_CONSTRUCTION_AREAS = {
+    (0, 8): [
+        "crime_or_violence_facilitation",
+        "extremist_or_terrorist_content",
+        "hate_harassment_or_bullying",
+        "illegal_goods_or_services",
+        "misinformation_impersonation_or_defamation",
+        "safety_filter_circumvention",
+        "self_harm_or_personal_harm",
+        "sexual_content",
+    ],
+    (7, 3): ["intellectual_property_abuse", "privacy_surveillance_or_sensitive_data", "sexual_content"],
+    (2445, 6): [
+        "extremist_or_terrorist_content",
+        "hate_harassment_or_bullying",
+        "illegal_goods_or_services",
+        "safety_filter_circumvention",
+        "sexual_content",
+        "spam_fraud_phishing_or_malware",
+    ],
+    (99, 11): sorted(set(REFERENCE_AREAS) - {"misinformation_impersonation_or_defamation"}),
+    (1, 1): ["misinformation_impersonation_or_defamation"],
+}
+
+
+@pytest.mark.parametrize("seed,construction_areas", sorted(SKLEARN_CONSTRUCTION_AREAS))
 def test_split_reproduces_sklearn_choice_of_areas(reference_csv, seed, construction_areas):
     frame = read_construction_csv(reference_csv, prompts_per_label_per_area=2)
     split = policy_area_split(frame, construction_areas=construction_areas, seed=seed)
-    areas_df = pd.DataFrame({"area": sorted(REFERENCE_AREAS)})
-    expected_train, expected_test = train_test_split(areas_df, train_size=construction_areas, random_state=seed)
-    assert set(split.loc[split["split"] == "construction", "category"]) == set(expected_train["area"])
-    assert set(split.loc[split["split"] == "test", "category"]) == set(expected_test["area"])
+    expected = SKLEARN_CONSTRUCTION_AREAS[seed, construction_areas]
+    assert sorted(set(split.loc[split["split"] == "construction", "category"])) == expected
+    assert set(split.loc[split["split"] == "test", "category"]) == set(REFERENCE_AREAS) - set(expected)
 
 
 def test_split_table_format(reference_csv):
