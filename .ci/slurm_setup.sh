@@ -6,7 +6,8 @@
 #
 # The node offers fake GPUs (gres on character devices such as /dev/null), so `gpu=1` requests
 # are scheduled for real on a CPU-only machine: SLURM hands each job its own device and runs
-# no more GPU jobs at once than there are fake GPUs. No slurmdbd: sacct does not work, so the workflow polls squeue.
+# no more GPU jobs at once than there are fake GPUs. No slurmdbd: sacct does not work, so the
+# workflow polls squeue.
 #
 # Environment:
 #   SLURM_CI_STATE_DIR   state, spool, logs and the recorded PIDs

@@ -260,6 +260,7 @@ SLURM_SHARDS = 2
 # and the refusal-tuned model, with the split and the benchmark questions the tune read (so
 # that no input is newer than the tuned model). Every later job (activations, directions,
 # edits, answers, judgments, statistics) runs under SLURM and is compared with the local run.
+# These are the outputs of the demo's first stage (DEMO_STAGES["tuned"] in conftest.py).
 SHARED_WITH_THE_LOCAL_RUN = [
     "resources/models",
     "results/split",
